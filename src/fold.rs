@@ -1,0 +1,161 @@
+//! Batch-normalisation folding, in f64, rounded once to f32.
+//!
+//! At inference a BN layer is the per-feature affine map `y = s * x + t` with
+//! `s = gamma / sqrt(var + eps)` and `t = beta - mean * s`. Weights are stored `[out, in]`
+//! row-major, so with `z[o] = sum_i W[o, i] x[i] + b[o]`:
+//!
+//! - Dense -> BN (backward fold): `W'[o, i] = s[o] W[o, i]`, `b'[o] = s[o] b[o] + t[o]`.
+//! - BN -> Dense (forward fold): `W'[o, i] = W[o, i] s[i]`, `b'[o] = b[o] + sum_i W[o, i] t[i]`.
+//!
+//! Both may apply to one dense layer; everything is computed in f64 from the stored values and
+//! rounded to f32 once, so the folded weights carry one rounding error each.
+
+use crate::error::{Error, LayerError, Result};
+use crate::format::LayerKind;
+use crate::model::Model;
+
+/// A per-feature affine map `y = scale * x + shift`, in f64.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Affine {
+    /// Per-feature scale.
+    pub scale: Vec<f64>,
+    /// Per-feature shift.
+    pub shift: Vec<f64>,
+}
+
+impl Affine {
+    /// The affine map of BN layer `index` of `model` (which must be a BatchNorm layer).
+    ///
+    /// The model has validated the statistics (finite, `var + eps > 0`), so `scale` is finite
+    /// unless `gamma / sqrt(var + eps)` overflows f64, which needs `var + eps` below 1e-600 and
+    /// cannot happen for values stored as f32 or narrower.
+    pub fn of_batch_norm(model: &Model, index: usize) -> Result<Affine> {
+        let LayerKind::BatchNorm {
+            features,
+            eps,
+            gamma,
+            beta,
+            moving_mean,
+            moving_variance,
+        } = model.layers()[index].kind
+        else {
+            unreachable!("Affine::of_batch_norm called on a non-BN layer (a bug in the caller)");
+        };
+        let gamma = gamma.map(|t| model.tensor_data(t)).transpose()?;
+        let beta = beta.map(|t| model.tensor_data(t)).transpose()?;
+        let mean = model.tensor_data(moving_mean)?;
+        let var = model.tensor_data(moving_variance)?;
+        let mut scale = Vec::with_capacity(features);
+        let mut shift = Vec::with_capacity(features);
+        for j in 0..features {
+            let g = gamma.map_or(1.0, |g| g.get_f64(j));
+            let b = beta.map_or(0.0, |b| b.get_f64(j));
+            let s = g / (var.get_f64(j) + eps).sqrt();
+            scale.push(s);
+            shift.push(b - mean.get_f64(j) * s);
+        }
+        Ok(Affine { scale, shift })
+    }
+
+    /// `then ∘ self`: apply `self`, then `then`.
+    pub fn then(&self, then: &Affine) -> Affine {
+        let scale = self
+            .scale
+            .iter()
+            .zip(&then.scale)
+            .map(|(a, b)| a * b)
+            .collect();
+        let shift = self
+            .shift
+            .iter()
+            .zip(&then.scale)
+            .zip(&then.shift)
+            .map(|((t, s2), t2)| s2 * t + t2)
+            .collect();
+        Affine { scale, shift }
+    }
+
+    /// Round to f32 vectors (scale, shift).
+    pub fn to_f32(&self) -> (Vec<f32>, Vec<f32>) {
+        (
+            self.scale.iter().map(|&v| v as f32).collect(),
+            self.shift.iter().map(|&v| v as f32).collect(),
+        )
+    }
+}
+
+/// A dense layer after folding: weights `[outputs, inputs]` row-major and a bias, in f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoldedDense {
+    /// Input features.
+    pub inputs: usize,
+    /// Output features.
+    pub outputs: usize,
+    /// Weights, `[outputs, inputs]` row-major.
+    pub weight: Vec<f32>,
+    /// Bias, one per output (a dense layer without bias gets zeros).
+    pub bias: Vec<f32>,
+}
+
+/// Fold an optional BN before (`pre`, over the inputs) and after (`post`, over the outputs) into
+/// dense layer `index` of `model`.
+///
+/// Returns an error naming the layer and output feature when a folded value overflows f32 (large
+/// weights times a huge `1 / sqrt(var + eps)`), rather than running with infinities.
+pub fn fold_dense(
+    model: &Model,
+    index: usize,
+    pre: Option<&Affine>,
+    post: Option<&Affine>,
+) -> Result<FoldedDense> {
+    let LayerKind::Dense {
+        inputs,
+        outputs,
+        weight,
+        bias,
+    } = model.layers()[index].kind
+    else {
+        unreachable!("fold_dense called on a non-dense layer (a bug in the caller)");
+    };
+    let w = model.tensor_data(weight)?;
+    let b = bias.map(|t| model.tensor_data(t)).transpose()?;
+    let mut weight = Vec::with_capacity(outputs * inputs);
+    let mut bias = Vec::with_capacity(outputs);
+    let mut row = vec![0f64; inputs];
+    for o in 0..outputs {
+        let mut acc = b.map_or(0.0, |b| b.get_f64(o));
+        for (i, r) in row.iter_mut().enumerate() {
+            *r = w.get_f64(o * inputs + i);
+        }
+        if let Some(pre) = pre {
+            for (i, r) in row.iter_mut().enumerate() {
+                acc += *r * pre.shift[i];
+                *r *= pre.scale[i];
+            }
+        }
+        if let Some(post) = post {
+            let s = post.scale[o];
+            row.iter_mut().for_each(|r| *r *= s);
+            acc = acc * s + post.shift[o];
+        }
+        let start = weight.len();
+        weight.extend(row.iter().map(|&v| v as f32));
+        bias.push(acc as f32);
+        let overflow = !(acc as f32).is_finite() || weight[start..].iter().any(|v| !v.is_finite());
+        if overflow {
+            let l = &model.layers()[index];
+            return Err(Error::Layer {
+                index,
+                name: l.name.clone(),
+                kind_name: "Dense",
+                kind: LayerError::FoldOverflow { feature: o },
+            });
+        }
+    }
+    Ok(FoldedDense {
+        inputs,
+        outputs,
+        weight,
+        bias,
+    })
+}

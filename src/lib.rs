@@ -1,0 +1,29 @@
+//! bnfold: CPU inference for dense networks trained with Batch Normalization, with BN folded into
+//! the dense layers at load time.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! let model = bnfold::Model::load("models/digits.bnw")?;          // map, verify, validate
+//! let plan = Arc::new(model.compile(&bnfold::Options::default())?); // fold and pack; Send + Sync
+//! drop(model);                                                     // the plan owns its weights
+//! let mut session = plan.session_with_capacity(64);                // per-thread scratch
+//! let pixels = vec![0.0f32; 64];
+//! let scores: &[f32] = session.run(&pixels, 1)?;                   // no allocation per call
+//! assert_eq!(scores.len(), plan.output_features());
+//! # Ok::<(), bnfold::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod fold;
+pub mod format;
+pub mod io;
+pub mod kernels;
+pub mod model;
+pub mod plan;
+pub mod reference;
+
+pub use error::{Error, FormatError, InputError, LayerError, Result};
+pub use format::{Activation, DType};
+pub use model::{LoadMode, Model};
+pub use plan::{Mode, Options, Plan, Session};

@@ -1,0 +1,394 @@
+//! The network as data: a verified weight file, its layers and zero-copy views of its tensors.
+
+use std::path::Path;
+
+use half::{bf16, f16};
+
+use crate::error::{Error, FormatError, LayerError, Result};
+use crate::format::{self, Activation, DType, LayerKind, LayerRecord, Parsed, TensorInfo, limits};
+
+/// How [`Model::load_with`] gets the file's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoadMode {
+    /// Memory-map the file (the default). Zero-copy, but see the caveat on [`Model::load`].
+    #[default]
+    Mmap,
+    /// Read the whole file into memory, so later changes to the file cannot affect the model.
+    Read,
+}
+
+/// A 64-byte block, so that owned buffers have the alignment the format gives tensors.
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(64))]
+struct Block([u8; 64]);
+
+enum Storage {
+    Mmap(memmap2::Mmap),
+    Owned { blocks: Vec<Block>, len: usize },
+}
+
+impl Storage {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Mmap(m) => m,
+            Storage::Owned { blocks, len } => &bytemuck::cast_slice::<Block, u8>(blocks)[..*len],
+        }
+    }
+
+    fn copy_of(bytes: &[u8]) -> Storage {
+        let mut blocks = vec![Block([0; 64]); bytes.len().div_ceil(64)];
+        bytemuck::cast_slice_mut::<Block, u8>(&mut blocks)[..bytes.len()].copy_from_slice(bytes);
+        Storage::Owned {
+            blocks,
+            len: bytes.len(),
+        }
+    }
+}
+
+/// A loaded, verified and validated network.
+///
+/// Loading checks the whole file (checksum, structure, every offset and size), that the layer widths
+/// chain, that every tensor has the shape its role needs, and that every parameter is finite and
+/// every BN's `moving_variance + eps` is positive. A `Model` that exists is a network that can be
+/// compiled.
+pub struct Model {
+    storage: Storage,
+    parsed: Parsed,
+    output_features: usize,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("input_features", &self.parsed.input_features)
+            .field("output_features", &self.output_features)
+            .field("layers", &self.parsed.layers.len())
+            .field("tensors", &self.parsed.tensors.len())
+            .finish()
+    }
+}
+
+/// A typed, zero-copy view of one tensor's elements.
+#[derive(Debug, Clone, Copy)]
+pub enum TensorData<'a> {
+    /// f32 elements.
+    F32(&'a [f32]),
+    /// f16 elements.
+    F16(&'a [f16]),
+    /// bf16 elements.
+    BF16(&'a [bf16]),
+}
+
+impl TensorData<'_> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            TensorData::F32(v) => v.len(),
+            TensorData::F16(v) => v.len(),
+            TensorData::BF16(v) => v.len(),
+        }
+    }
+
+    /// True if there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `i` widened to f64 (exact for every dtype). Panics if `i` is out of range.
+    pub fn get_f64(&self, i: usize) -> f64 {
+        match self {
+            TensorData::F32(v) => v[i] as f64,
+            TensorData::F16(v) => v[i].to_f64(),
+            TensorData::BF16(v) => v[i].to_f64(),
+        }
+    }
+
+    /// All elements widened to f64.
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        (0..self.len()).map(|i| self.get_f64(i)).collect()
+    }
+
+    /// All elements widened to f32 (exact for every dtype).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        match self {
+            TensorData::F32(v) => v.to_vec(),
+            TensorData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            TensorData::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
+        }
+    }
+}
+
+impl Model {
+    /// Memory-map `path`, verify and validate it.
+    ///
+    /// **Mapping caveat:** the model reads its tensors from the mapping. If another process truncates
+    /// the file while the model is alive, touching the lost pages raises SIGBUS on Linux (a crash no
+    /// Rust code can catch). Compile the model and drop it (a compiled plan owns its weights and no
+    /// longer needs the mapping), or use [`LoadMode::Read`] when files can change under you.
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        Self::load_with(path, LoadMode::Mmap)
+    }
+
+    /// Load `path` by mapping it or by reading it into memory.
+    pub fn load_with(path: impl AsRef<Path>, mode: LoadMode) -> Result<Model> {
+        let path = path.as_ref();
+        let io = |source| Error::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let storage = match mode {
+            LoadMode::Mmap => {
+                let file = std::fs::File::open(path).map_err(io)?;
+                // SAFETY: memmap2 requires that the file is not modified while mapped; we cannot
+                // enforce that for files we do not own, which is the documented caveat above
+                // (truncation gives SIGBUS, never a read of foreign memory). The mapping is
+                // read-only and lives exactly as long as the Model.
+                let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+                Storage::Mmap(map)
+            }
+            LoadMode::Read => Storage::copy_of(&std::fs::read(path).map_err(io)?),
+        };
+        Self::from_storage(storage, true)
+    }
+
+    /// Verify and validate a weight file held in memory (the bytes are copied into an aligned buffer).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
+        Self::from_storage(Storage::copy_of(bytes), true)
+    }
+
+    /// Like [`Model::from_bytes`] but without computing the checksum. For fuzzing and for tools that
+    /// have verified the bytes another way; every structural and numerical check still runs.
+    pub fn from_bytes_unchecked_crc(bytes: &[u8]) -> Result<Model> {
+        Self::from_storage(Storage::copy_of(bytes), false)
+    }
+
+    fn from_storage(storage: Storage, verify_checksum: bool) -> Result<Model> {
+        let parsed = format::parse(storage.bytes(), verify_checksum)?;
+        let mut model = Model {
+            storage,
+            parsed,
+            output_features: 0,
+        };
+        model.output_features = model.validate()?;
+        Ok(model)
+    }
+
+    /// Width of the input rows.
+    pub fn input_features(&self) -> usize {
+        self.parsed.input_features
+    }
+
+    /// Width of the output rows.
+    pub fn output_features(&self) -> usize {
+        self.output_features
+    }
+
+    /// The layers, in execution order.
+    pub fn layers(&self) -> &[LayerRecord] {
+        &self.parsed.layers
+    }
+
+    /// The tensor table.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.parsed.tensors
+    }
+
+    /// Metadata entries, in file order.
+    pub fn metadata(&self) -> &[(String, String)] {
+        &self.parsed.metadata
+    }
+
+    /// The first metadata value stored under `key`.
+    pub fn metadata_value(&self, key: &str) -> Option<&str> {
+        self.parsed
+            .metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The fixed header (version, sizes, stored checksum).
+    pub fn header(&self) -> &format::Header {
+        &self.parsed.header
+    }
+
+    /// Zero-copy view of tensor `index`.
+    ///
+    /// Errors only where the bytes cannot be viewed in place (a big-endian host); the reader has
+    /// already proved the range in bounds and 64-byte aligned relative to a 64-byte aligned buffer.
+    pub fn tensor_data(&self, index: usize) -> Result<TensorData<'_>> {
+        let info = &self.parsed.tensors[index];
+        let view_err = |reason| {
+            Error::format(
+                info.file_offset as u64,
+                FormatError::View {
+                    tensor: info.name.clone(),
+                    reason,
+                },
+            )
+        };
+        if cfg!(target_endian = "big") {
+            return Err(view_err(
+                "zero-copy views need a little-endian host; use a little-endian machine",
+            ));
+        }
+        let bytes = &self.storage.bytes()[info.file_offset..info.file_offset + info.byte_len];
+        let misaligned = |_| view_err("tensor bytes are not aligned for their dtype");
+        Ok(match info.dtype {
+            DType::F32 => TensorData::F32(bytemuck::try_cast_slice(bytes).map_err(misaligned)?),
+            DType::F16 => TensorData::F16(bytemuck::try_cast_slice(bytes).map_err(misaligned)?),
+            DType::BF16 => TensorData::BF16(bytemuck::try_cast_slice(bytes).map_err(misaligned)?),
+        })
+    }
+
+    fn layer_err(&self, index: usize, kind: LayerError) -> Error {
+        let l = &self.parsed.layers[index];
+        Error::Layer {
+            index,
+            name: l.name.clone(),
+            kind_name: l.kind.kind_name(),
+            kind,
+        }
+    }
+
+    /// Check the tensor's shape for its role and that all its values are finite; returns its data.
+    fn checked_tensor(
+        &self,
+        layer: usize,
+        role: &'static str,
+        index: usize,
+        shape: &[usize],
+    ) -> Result<TensorData<'_>> {
+        let info = &self.parsed.tensors[index];
+        if info.shape != shape {
+            return Err(self.layer_err(
+                layer,
+                LayerError::TensorShape {
+                    role,
+                    tensor: info.name.clone(),
+                    expected: shape.to_vec(),
+                    found: info.shape.clone(),
+                },
+            ));
+        }
+        let data = self.tensor_data(index)?;
+        if let Some(position) = (0..data.len()).find(|&i| !data.get_f64(i).is_finite()) {
+            return Err(self.layer_err(
+                layer,
+                LayerError::NonFinite {
+                    role,
+                    tensor: info.name.clone(),
+                    position,
+                    value: data.get_f64(position),
+                },
+            ));
+        }
+        Ok(data)
+    }
+
+    /// Validate the network; returns the output width.
+    fn validate(&self) -> Result<usize> {
+        let mut width = self.parsed.input_features;
+        let n = self.parsed.layers.len();
+        let check_width = |index: usize, what: &'static str, value: usize| {
+            if value == 0 || value as u64 > limits::MAX_WIDTH {
+                Err(self.layer_err(
+                    index,
+                    LayerError::BadWidth {
+                        what,
+                        value: value as u64,
+                        max: limits::MAX_WIDTH,
+                    },
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        for (index, layer) in self.parsed.layers.iter().enumerate() {
+            match layer.kind {
+                LayerKind::Dense {
+                    inputs,
+                    outputs,
+                    weight,
+                    bias,
+                } => {
+                    check_width(index, "inputs", inputs)?;
+                    check_width(index, "outputs", outputs)?;
+                    if inputs != width {
+                        return Err(self.layer_err(
+                            index,
+                            LayerError::WidthMismatch {
+                                expected: inputs,
+                                found: width,
+                            },
+                        ));
+                    }
+                    self.checked_tensor(index, "weight", weight, &[outputs, inputs])?;
+                    if let Some(b) = bias {
+                        self.checked_tensor(index, "bias", b, &[outputs])?;
+                    }
+                    width = outputs;
+                }
+                LayerKind::BatchNorm {
+                    features,
+                    eps,
+                    gamma,
+                    beta,
+                    moving_mean,
+                    moving_variance,
+                } => {
+                    check_width(index, "features", features)?;
+                    if features != width {
+                        return Err(self.layer_err(
+                            index,
+                            LayerError::WidthMismatch {
+                                expected: features,
+                                found: width,
+                            },
+                        ));
+                    }
+                    if !eps.is_finite() || eps < 0.0 {
+                        return Err(self.layer_err(index, LayerError::BadEps(eps)));
+                    }
+                    for (role, t) in [("gamma", gamma), ("beta", beta)] {
+                        if let Some(t) = t {
+                            self.checked_tensor(index, role, t, &[features])?;
+                        }
+                    }
+                    self.checked_tensor(index, "moving_mean", moving_mean, &[features])?;
+                    let var =
+                        self.checked_tensor(index, "moving_variance", moving_variance, &[features])?;
+                    for feature in 0..features {
+                        let v = var.get_f64(feature);
+                        if v < 0.0 {
+                            return Err(self.layer_err(
+                                index,
+                                LayerError::NegativeVariance { feature, value: v },
+                            ));
+                        }
+                        // Checked in f32 as well as f64: the unfolded path adds eps in f32, where
+                        // a denormal variance plus a tiny eps can still round to zero.
+                        let sum = v + eps;
+                        if sum <= 0.0 || (v as f32 + eps as f32) <= 0.0 {
+                            return Err(self.layer_err(
+                                index,
+                                LayerError::NonPositiveDenominator { feature, sum },
+                            ));
+                        }
+                    }
+                }
+                LayerKind::Activation(a) => {
+                    if let Activation::LeakyRelu { alpha } = a {
+                        if !alpha.is_finite() {
+                            return Err(self.layer_err(index, LayerError::BadActivationParam(alpha)));
+                        }
+                    }
+                    if a == Activation::Softmax && index + 1 != n {
+                        return Err(self.layer_err(index, LayerError::SoftmaxNotLast));
+                    }
+                }
+            }
+        }
+        Ok(width)
+    }
+}
