@@ -1,14 +1,24 @@
 //! Matrix kernels: `Y = epilogue(X W^T + b)` over row-major f32, and elementwise passes.
 //!
-//! The dense kernel owns its weights (packed once, when the plan is compiled) and applies the bias
-//! and the epilogue to each block of outputs while it is still hot in cache.
+//! The dense kernel owns its weights, packed once (when the plan is compiled) into the panel layout
+//! of the micro-kernel of the best instruction set this CPU has (AVX-512F, AVX2+FMA, or the
+//! portable `wide` path; see [`Isa`] and [`KernelChoice`]). The bias and the elementwise epilogue
+//! (ReLU, leaky ReLU, affine, BN) are applied to each tile in registers before it is stored;
+//! transcendental activations run on the stored tile while it is still in L1.
+//!
+//! Large layers use the current rayon pool: run inference inside `pool.install(|| ...)` to use a
+//! pool of your own. Small layers (below [`PARALLEL_MIN_MACS`]) never touch a pool.
 
 pub mod activation;
+mod gemm;
+mod isa;
+mod simd;
 
 use rayon::prelude::*;
-use wide::f32x8;
 
 use crate::format::Activation;
+use gemm::{Family, OutPtr, Packed};
+pub use isa::{Isa, KERNEL_ENV, KernelChoice};
 
 /// One elementwise step applied after the matrix product.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,7 +54,11 @@ impl EpilogueOp {
             EpilogueOp::Act(a) => activation::apply(*a, v),
             EpilogueOp::Affine { scale, shift } => {
                 let n = v.len();
-                for ((x, s), t) in v.iter_mut().zip(&scale[col0..col0 + n]).zip(&shift[col0..col0 + n]) {
+                for ((x, s), t) in v
+                    .iter_mut()
+                    .zip(&scale[col0..col0 + n])
+                    .zip(&shift[col0..col0 + n])
+                {
                     *x = s.mul_add(*x, *t);
                 }
             }
@@ -72,35 +86,51 @@ pub fn apply_epilogue(ops: &[EpilogueOp], v: &mut [f32], col0: usize) {
     }
 }
 
-/// Below this many multiply-adds a dense layer runs on the calling thread: handing work to the
-/// rayon pool costs a few microseconds, more than a small layer takes.
-const PARALLEL_MIN_FLOPS: usize = 1 << 18;
+/// Below this many multiply-adds a dense layer runs on the calling thread, without asking rayon
+/// anything: handing work to the pool costs a few microseconds, more than a small layer takes.
+pub const PARALLEL_MIN_MACS: usize = 1 << 19;
 
-/// Output features per parallel task when the batch is too small to split by rows.
-const COL_CHUNK: usize = 64;
-
-/// A dense layer's weights and bias, ready for the kernel.
+/// A dense layer's weights and bias, packed for the kernel of one instruction set.
 #[derive(Debug, Clone)]
 pub struct DenseKernel {
     inputs: usize,
     outputs: usize,
-    /// `[outputs, inputs]` row-major.
-    weight: Vec<f32>,
-    bias: Vec<f32>,
+    isa: Isa,
+    packed: Packed,
 }
 
 impl DenseKernel {
-    /// Take weights `[outputs, inputs]` row-major and a bias of `outputs` values.
+    /// Take weights `[outputs, inputs]` row-major and a bias of `outputs` values, and pack them
+    /// for the path chosen by [`KernelChoice::Auto`].
     ///
     /// Panics if the lengths disagree (callers build them from a validated model).
     pub fn new(inputs: usize, outputs: usize, weight: Vec<f32>, bias: Vec<f32>) -> Self {
-        assert_eq!(weight.len(), inputs * outputs, "weight length");
+        Self::with_choice(inputs, outputs, &weight, &bias, KernelChoice::Auto)
+    }
+
+    /// Like [`DenseKernel::new`], with the path chosen by `choice` and borrowed inputs.
+    ///
+    /// Panics if the lengths disagree.
+    pub fn with_choice(
+        inputs: usize,
+        outputs: usize,
+        weight: &[f32],
+        bias: &[f32],
+        choice: KernelChoice,
+    ) -> Self {
+        assert_eq!(
+            Some(weight.len()),
+            inputs.checked_mul(outputs),
+            "weight length"
+        );
         assert_eq!(bias.len(), outputs, "bias length");
+        let isa = choice.resolve();
+        let lanes = Family::of(isa).lanes;
         DenseKernel {
             inputs,
             outputs,
-            weight,
-            bias,
+            isa,
+            packed: Packed::new(weight, bias, outputs, inputs, lanes),
         }
     }
 
@@ -114,66 +144,84 @@ impl DenseKernel {
         self.outputs
     }
 
-    /// Bytes of weights and bias held.
+    /// The instruction-set path this kernel runs.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Bytes of (packed, padded) weights and bias held.
     pub fn weight_bytes(&self) -> usize {
-        (self.weight.len() + self.bias.len()) * 4
+        self.packed.bytes()
     }
 
     /// `y = epilogue(x W^T + b)` for `batch` rows; `x` is `[batch, inputs]`, `y` is
-    /// `[batch, outputs]`, both row-major. Uses the current rayon pool for large layers.
+    /// `[batch, outputs]`, both row-major, any alignment. Layers of at least
+    /// [`PARALLEL_MIN_MACS`] multiply-adds use the current rayon pool.
+    ///
+    /// Panics if the lengths disagree, or if a per-feature vector of `epilogue` is shorter than
+    /// `outputs`.
     pub fn forward(&self, x: &[f32], batch: usize, y: &mut [f32], epilogue: &[EpilogueOp]) {
         let (k, n) = (self.inputs, self.outputs);
-        assert_eq!(x.len(), batch * k, "x length");
-        assert_eq!(y.len(), batch * n, "y length");
-        let flops = batch * k * n;
-        if flops < PARALLEL_MIN_FLOPS {
-            for (xr, yr) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
-                self.row(xr, yr, 0, epilogue);
-            }
-        } else if batch >= rayon::current_num_threads() * 2 {
-            x.par_chunks_exact(k)
-                .zip(y.par_chunks_exact_mut(n))
-                .for_each(|(xr, yr)| self.row(xr, yr, 0, epilogue));
+        assert_eq!(Some(x.len()), batch.checked_mul(k), "x length");
+        assert_eq!(Some(y.len()), batch.checked_mul(n), "y length");
+        for op in epilogue {
+            let short = match op {
+                EpilogueOp::Act(_) => false,
+                EpilogueOp::Affine { scale, shift } => scale.len() < n || shift.len() < n,
+                EpilogueOp::BatchNorm {
+                    gamma,
+                    beta,
+                    mean,
+                    denom,
+                } => [gamma, beta, mean, denom].iter().any(|v| v.len() < n),
+            };
+            assert!(!short, "epilogue vector shorter than the layer's outputs");
+        }
+        if batch == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            gemm::bias_only(&self.packed, batch, y, epilogue);
+            return;
+        }
+        let fam = Family::of(self.isa);
+        let out = OutPtr(y.as_mut_ptr());
+        let panels = self.packed.panels;
+        let whole = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
+            // SAFETY: `self.isa` was resolved to a supported path at construction; `x` and `y`
+            // have the checked lengths; the rectangle `rows x cols` is inside `y` and, in the
+            // parallel cases below, disjoint from every other task's rectangle.
+            unsafe { gemm::run_block(fam, &self.packed, x, rows, cols, out, epilogue) }
+        };
+        // Checked before asking rayon anything: a small layer never touches (or starts) a pool.
+        let macs = batch.saturating_mul(k).saturating_mul(n);
+        let threads = if macs < PARALLEL_MIN_MACS {
+            1
         } else {
-            for (xr, yr) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
-                yr.par_chunks_mut(COL_CHUNK)
-                    .enumerate()
-                    .for_each(|(c, ys)| self.row(xr, ys, c * COL_CHUNK, epilogue));
-            }
+            rayon::current_num_threads()
+        };
+        if threads <= 1 {
+            whole(0..batch, 0..panels);
+            return;
+        }
+        let nr = 8;
+        if batch >= 4 * threads * nr {
+            // Enough rows: split the batch, a few tasks per thread for balance; every task reads
+            // all of the (shared, read-only) packed weights.
+            let tasks = 4 * threads;
+            let step = batch.div_ceil(tasks).div_ceil(nr) * nr;
+            (0..batch.div_ceil(step)).into_par_iter().for_each(|t| {
+                whole(t * step..((t + 1) * step).min(batch), 0..panels);
+            });
+        } else {
+            // Few rows: split the output features, so that each thread streams its share of the
+            // weights once.
+            let step = panels.div_ceil(threads).div_ceil(8) * 8;
+            (0..panels.div_ceil(step)).into_par_iter().for_each(|t| {
+                whole(0..batch, t * step..((t + 1) * step).min(panels));
+            });
         }
     }
-
-    /// Outputs `col0 .. col0 + y.len()` of one row.
-    fn row(&self, x: &[f32], y: &mut [f32], col0: usize, epilogue: &[EpilogueOp]) {
-        let k = self.inputs;
-        for (j, out) in y.iter_mut().enumerate() {
-            let o = col0 + j;
-            *out = dot(x, &self.weight[o * k..(o + 1) * k]) + self.bias[o];
-        }
-        apply_epilogue(epilogue, y, col0);
-    }
-}
-
-/// Dot product with eight-lane SIMD accumulators.
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc0 = f32x8::ZERO;
-    let mut acc1 = f32x8::ZERO;
-    let (a16, at) = a.split_at(a.len() / 16 * 16);
-    let (b16, bt) = b.split_at(a16.len());
-    for (ca, cb) in a16.chunks_exact(16).zip(b16.chunks_exact(16)) {
-        let a0 = f32x8::from(<[f32; 8]>::try_from(&ca[..8]).unwrap_or_default());
-        let a1 = f32x8::from(<[f32; 8]>::try_from(&ca[8..]).unwrap_or_default());
-        let b0 = f32x8::from(<[f32; 8]>::try_from(&cb[..8]).unwrap_or_default());
-        let b1 = f32x8::from(<[f32; 8]>::try_from(&cb[8..]).unwrap_or_default());
-        acc0 = a0.mul_add(b0, acc0);
-        acc1 = a1.mul_add(b1, acc1);
-    }
-    let mut s = (acc0 + acc1).reduce_add();
-    for (x, w) in at.iter().zip(bt) {
-        s = x.mul_add(*w, s);
-    }
-    s
 }
 
 /// Apply elementwise ops to a `[batch, width]` buffer in place.
@@ -184,22 +232,12 @@ pub fn elementwise(ops: &[EpilogueOp], v: &mut [f32], width: usize) {
 }
 
 /// `c = a b^T` for row-major `a` (`[m, k]`), `b` (`[n, k]`) and `c` (`[m, n]`): the product the
-/// dense layers compute, without bias or epilogue and without keeping packed weights (the trainer
-/// uses it, with operands that change every step).
+/// dense layers compute, without bias or epilogue. `b` is packed on every call (the trainer uses
+/// it with operands that change every step), then the same blocked GEMM runs.
 pub fn matmul_nt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f32]) {
-    assert_eq!(a.len(), m * k, "a length");
-    assert_eq!(b.len(), n * k, "b length");
-    assert_eq!(c.len(), m * n, "c length");
-    let body = |(ar, cr): (&[f32], &mut [f32])| {
-        for (o, out) in cr.iter_mut().enumerate() {
-            *out = dot(ar, &b[o * k..(o + 1) * k]);
-        }
-    };
-    if m * n * k < PARALLEL_MIN_FLOPS {
-        a.chunks_exact(k).zip(c.chunks_exact_mut(n)).for_each(body);
-    } else {
-        a.par_chunks_exact(k)
-            .zip(c.par_chunks_exact_mut(n))
-            .for_each(body);
-    }
+    assert_eq!(Some(a.len()), m.checked_mul(k), "a length");
+    assert_eq!(Some(b.len()), n.checked_mul(k), "b length");
+    assert_eq!(Some(c.len()), m.checked_mul(n), "c length");
+    let zeros = vec![0.0f32; n];
+    DenseKernel::with_choice(k, n, b, &zeros, KernelChoice::Auto).forward(a, m, c, &[]);
 }

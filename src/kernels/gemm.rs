@@ -1,0 +1,584 @@
+//! Packed weights, the register-tiled micro-kernel and the blocked driver around it.
+//!
+//! The product is `Y[batch, n] = X[batch, k] W^T` with `W` stored `[n, k]` (output features as
+//! rows). The weights are the packed operand: output features run along the vector lanes, the
+//! batch is the broadcast dimension. A tile of `MV` vectors (`MV * LANES` features) by `NR` batch
+//! rows lives in `MV * NR` accumulator registers; each step of `k` loads `MV` weight vectors and
+//! broadcasts `NR` inputs. Because features are along the lanes, the per-feature epilogue (bias,
+//! affine, BN) costs one vector load per vector of the tile, and rows of `Y` are stored
+//! contiguously.
+//!
+//! Two drivers share the micro-kernel:
+//! - the *small-batch* path (batch up to [`SMALL_BATCH`]): no blocking and no packing of `X`; each
+//!   packed weight is streamed once, with tiles shaped for 1, 2, 4 or 8 rows (tract's kernel
+//!   families, by batch size);
+//! - the *blocked* path: the BLIS loops (`NC` rows of `X`, `KC` of depth, `MC` features, then the
+//!   `NR` x `MV*LANES` micro-tiles), with `X` packed per `KC x NC` block into `NR`-row micro-panels
+//!   that stay in L1 while the L2-resident block of `W` streams past them.
+
+use super::EpilogueOp;
+use super::isa::Isa;
+use super::simd::{Portable, Simd};
+
+/// Batches up to this size take the small-batch (streaming, unpacked) path.
+pub(crate) const SMALL_BATCH: usize = 8;
+
+/// Depth of one block (`KC`): a packed `X` micro-panel is `KC * NR * 4` bytes (6 KiB for AVX-512,
+/// NR = 6), small beside the 48 KiB L1d of the target machine (AMD Zen 5), so it stays resident
+/// while the weight micro-panels stream through.
+const KC: usize = 256;
+
+/// Features per block (`MC`): the packed weight block is `MC * KC * 4` bytes = 512 KiB, half of the
+/// 1 MiB per-core L2, leaving room for the `X` block and the output rows.
+const MC: usize = 512;
+
+/// Rows of `X` per block (`NC`): the packed `X` block is `NC * KC * 4` bytes = 768 KiB, sized for
+/// the shared L3 (32 MiB), and a multiple of every `NR` (6 and 8).
+const NC: usize = 768;
+
+/// Weights packed into panels of `lanes` features: panel `p` holds features `p*lanes ..`, as `k`
+/// groups of `lanes` contiguous values (zero-padded past `n`). Packed once, when a plan is compiled.
+#[derive(Debug, Clone)]
+pub(crate) struct Packed {
+    pub(crate) lanes: usize,
+    pub(crate) k: usize,
+    pub(crate) n: usize,
+    pub(crate) panels: usize,
+    /// `panels * k * lanes` values starting at `offset` (64-byte aligned).
+    data: Vec<f32>,
+    offset: usize,
+    /// `panels * lanes` values, zero-padded.
+    pub(crate) bias: Vec<f32>,
+}
+
+impl Packed {
+    /// Pack `w` (`[n, k]` row-major) and `bias` (`n`) for vectors of `lanes` f32.
+    pub(crate) fn new(w: &[f32], bias: &[f32], n: usize, k: usize, lanes: usize) -> Packed {
+        let panels = n.div_ceil(lanes);
+        let len = panels * k * lanes;
+        // 16 spare floats so that the panels can start on a 64-byte boundary.
+        let mut data = vec![0.0f32; len + 16];
+        let offset = data.as_ptr().align_offset(64).min(16);
+        let out = &mut data[offset..offset + len];
+        for p in 0..panels {
+            let panel = &mut out[p * k * lanes..(p + 1) * k * lanes];
+            for l in 0..lanes.min(n - p * lanes) {
+                let row = &w[(p * lanes + l) * k..(p * lanes + l + 1) * k];
+                for (kk, &v) in row.iter().enumerate() {
+                    panel[kk * lanes + l] = v;
+                }
+            }
+        }
+        let mut b = vec![0.0f32; panels * lanes];
+        b[..n].copy_from_slice(bias);
+        Packed {
+            lanes,
+            k,
+            n,
+            panels,
+            data,
+            offset,
+            bias: b,
+        }
+    }
+
+    /// Bytes held (padded weights and bias).
+    pub(crate) fn bytes(&self) -> usize {
+        (self.data.len() + self.bias.len()) * 4
+    }
+
+    /// Start of panel `p` at depth `kk`.
+    fn panel_ptr(&self, p: usize, kk: usize) -> *const f32 {
+        debug_assert!(p < self.panels.max(1) && kk <= self.k);
+        // In bounds: `offset + p*k*lanes + kk*lanes <= offset + len`.
+        self.data[self.offset..]
+            .as_ptr()
+            .wrapping_add(p * self.k * self.lanes + kk * self.lanes)
+    }
+}
+
+/// What the micro-kernel applies to a finished tile (the last depth block only).
+pub(crate) struct Epi<'a> {
+    /// Padded bias, at the tile's first feature.
+    bias: *const f32,
+    /// First feature of the tile (indexes the per-feature vectors of `ops`).
+    col0: usize,
+    /// The leading ops that run in registers; the rest run on the stored tile.
+    ops: &'a [EpilogueOp],
+}
+
+/// Arguments of one micro-tile.
+pub(crate) struct TileArgs<'a> {
+    /// Depth of this block.
+    kc: usize,
+    /// First weight panel of the tile, at this block's depth; the next is `a_stride` further.
+    a: *const f32,
+    a_stride: usize,
+    /// Inputs: packed (`x[kk * NR + r]`) or rows (`x + r * x_rs + kk`).
+    x: *const f32,
+    x_rs: usize,
+    /// Valid batch rows in the tile (`1..=NR`); the others are computed from padding or a
+    /// duplicated row and never stored.
+    rows: usize,
+    /// Output tile: row `r`, vector `v` at `c + r * ldc + v * LANES`.
+    c: *mut f32,
+    ldc: usize,
+    /// Valid lanes of the tile's last vector (`LANES` unless it ends the matrix).
+    lanes_last: usize,
+    /// Add the tile to what `c` holds (depth blocks after the first).
+    accumulate: bool,
+    /// Bias and register epilogue (last depth block only).
+    epi: Option<Epi<'a>>,
+}
+
+/// A micro-tile entry point for one ISA and tile shape.
+///
+/// # Safety
+/// The CPU supports the ISA, and the pointers in the arguments are valid for the tile's shape.
+pub(crate) type TileFn = unsafe fn(&TileArgs<'_>);
+
+/// Whether `op` can be applied to a vector of the tile in registers.
+fn in_registers(op: &EpilogueOp) -> bool {
+    use crate::format::Activation as A;
+    match op {
+        EpilogueOp::Act(A::Identity | A::Relu | A::LeakyRelu { .. }) => true,
+        EpilogueOp::Act(_) => false,
+        EpilogueOp::Affine { .. } | EpilogueOp::BatchNorm { .. } => true,
+    }
+}
+
+/// How many leading ops of `ops` run in registers.
+pub(crate) fn register_prefix(ops: &[EpilogueOp]) -> usize {
+    ops.iter().take_while(|o| in_registers(o)).count()
+}
+
+/// Load `n` per-feature values at `p` (full vector if `n == LANES`).
+///
+/// # Safety
+/// The CPU supports `V`; `p` is valid for `n` reads.
+#[inline(always)]
+unsafe fn load_n<V: Simd>(p: *const f32, n: usize) -> V {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if n == V::LANES {
+            V::load(p)
+        } else {
+            V::load_partial(p, n)
+        }
+    }
+}
+
+/// Bias and the register ops, for one vector of features `col .. col + n`.
+///
+/// # Safety
+/// The CPU supports `V`; `bias` is valid for `LANES` reads; `col + n <= len` of every
+/// per-feature vector in `ops` (guaranteed by the caller's shape checks).
+#[inline(always)]
+unsafe fn epilogue_vec<V: Simd>(
+    mut t: V,
+    bias: *const f32,
+    col: usize,
+    n: usize,
+    ops: &[EpilogueOp],
+) -> V {
+    use crate::format::Activation as A;
+    // SAFETY: bias is padded to whole vectors; per-feature vectors hold `col + n` values.
+    unsafe {
+        t = V::add(t, V::load(bias));
+        for op in ops {
+            t = match op {
+                EpilogueOp::Act(A::Relu) => t.relu(),
+                EpilogueOp::Act(A::LeakyRelu { alpha }) => t.where_negative_mul(V::splat(*alpha)),
+                EpilogueOp::Act(_) => t,
+                EpilogueOp::Affine { scale, shift } => V::fma(
+                    load_n::<V>(scale.as_ptr().add(col), n),
+                    t,
+                    load_n::<V>(shift.as_ptr().add(col), n),
+                ),
+                EpilogueOp::BatchNorm {
+                    gamma,
+                    beta,
+                    mean,
+                    denom,
+                } => {
+                    // As in `EpilogueOp::apply`: gamma * (x - mean) / denom + beta, unfused.
+                    let g = load_n::<V>(gamma.as_ptr().add(col), n);
+                    let m = load_n::<V>(mean.as_ptr().add(col), n);
+                    // Padding lanes divide by 1, not 0, to keep them finite (they are not stored).
+                    let d = if n == V::LANES {
+                        V::load(denom.as_ptr().add(col))
+                    } else {
+                        let mut buf = [1.0f32; 16];
+                        std::ptr::copy_nonoverlapping(denom.as_ptr().add(col), buf.as_mut_ptr(), n);
+                        V::load(buf.as_ptr())
+                    };
+                    let b = load_n::<V>(beta.as_ptr().add(col), n);
+                    V::add(V::div(V::mul(g, V::sub(t, m)), d), b)
+                }
+            };
+        }
+    }
+    t
+}
+
+/// The micro-kernel: one `MV`-vector by `NR`-row tile over depth `kc`, then accumulate, bias and
+/// register epilogue, and store. `PACKED` selects the input addressing (packed micro-panel or
+/// plain rows). One body for every ISA and shape.
+///
+/// # Safety
+/// The CPU supports `V`; every pointer in `t` is valid for the tile's shape (`MV` panels of
+/// `kc * LANES` weights, `NR` rows of `kc` inputs or a `kc * NR` packed panel, `rows` output rows
+/// of `(MV - 1) * LANES + lanes_last` values).
+#[inline(always)]
+unsafe fn micro<V: Simd, const MV: usize, const NR: usize, const PACKED: bool>(t: &TileArgs<'_>) {
+    let l = V::LANES;
+    // SAFETY: the function contract covers every access below.
+    unsafe {
+        // Row pointers for the unpacked case; rows past `rows` repeat the last valid row.
+        let mut xr = [t.x; NR];
+        if !PACKED {
+            for (r, p) in xr.iter_mut().enumerate() {
+                *p = t.x.add(r.min(t.rows - 1) * t.x_rs);
+            }
+        }
+        let mut acc = [[V::zero(); NR]; MV];
+        let mut a = t.a;
+        let mut x = t.x;
+        for _ in 0..t.kc {
+            let mut w = [V::zero(); MV];
+            for (v, wv) in w.iter_mut().enumerate() {
+                *wv = V::load(a.add(v * t.a_stride));
+            }
+            for r in 0..NR {
+                let b = if PACKED {
+                    V::broadcast(x.add(r))
+                } else {
+                    V::broadcast(xr[r])
+                };
+                for v in 0..MV {
+                    acc[v][r] = V::fma(w[v], b, acc[v][r]);
+                }
+            }
+            a = a.add(l);
+            if PACKED {
+                x = x.add(NR);
+            } else {
+                for p in xr.iter_mut() {
+                    *p = p.add(1);
+                }
+            }
+        }
+        for r in 0..t.rows.min(NR) {
+            let row = t.c.add(r * t.ldc);
+            for (v, accv) in acc.iter().enumerate() {
+                let n = if v + 1 == MV { t.lanes_last } else { l };
+                let p = row.add(v * l);
+                let mut s = accv[r];
+                if t.accumulate {
+                    s = V::add(s, load_n::<V>(p, n));
+                }
+                if let Some(e) = &t.epi {
+                    s = epilogue_vec::<V>(s, e.bias.add(v * l), e.col0 + v * l, n, e.ops);
+                }
+                if n == l {
+                    s.store(p);
+                } else {
+                    s.store_partial(p, n);
+                }
+            }
+        }
+    }
+}
+
+/// The tile shapes of one ISA and its entry points.
+pub(crate) struct Family {
+    pub(crate) lanes: usize,
+    /// Small-batch tiles, by rows `1..=SMALL_BATCH` (index 0 unused): rows handled per tile,
+    /// vectors per tile, the `MV`-vector entry and the one-vector entry for the last panels.
+    small: [(usize, usize, TileFn, TileFn); SMALL_BATCH + 1],
+    /// Blocked path: `NR`, `MV`, the `MV`-vector entry and the one-vector entry.
+    big: (usize, usize, TileFn, TileFn),
+}
+
+#[cfg(target_arch = "x86_64")]
+mod entries {
+    use super::{TileArgs, micro};
+    use crate::kernels::simd::x86::{Avx2, Avx512};
+
+    /// AVX-512 tiles.
+    ///
+    /// # Safety
+    /// As [`micro`]; the CPU has AVX-512F (checked by `Isa::is_supported` before a family is
+    /// built).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn avx512<const MV: usize, const NR: usize, const P: bool>(t: &TileArgs<'_>) {
+        // SAFETY: forwarded contract.
+        unsafe { micro::<Avx512, MV, NR, P>(t) }
+    }
+
+    /// AVX2 + FMA tiles.
+    ///
+    /// # Safety
+    /// As [`micro`]; the CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2<const MV: usize, const NR: usize, const P: bool>(t: &TileArgs<'_>) {
+        // SAFETY: forwarded contract.
+        unsafe { micro::<Avx2, MV, NR, P>(t) }
+    }
+}
+
+/// Portable tiles.
+///
+/// # Safety
+/// As [`micro`] (any CPU).
+unsafe fn portable<const MV: usize, const NR: usize, const P: bool>(t: &TileArgs<'_>) {
+    // SAFETY: forwarded contract.
+    unsafe { micro::<Portable, MV, NR, P>(t) }
+}
+
+/// Tables of 8-lane families (AVX2 and portable share shapes: 16 registers).
+macro_rules! family8 {
+    ($f:ident) => {
+        Family {
+            lanes: 8,
+            // rows 1: 8 accumulators (two FMA pipes x 4 cycles latency); 2: 4x2; 3-4: 2x4;
+            // 5-6: 2x6 (BLIS's Haswell shape); 7-8: a 6-row tile and then the rest.
+            small: [
+                (1, 8, $f::<8, 1, false>, $f::<1, 1, false>),
+                (1, 8, $f::<8, 1, false>, $f::<1, 1, false>),
+                (2, 4, $f::<4, 2, false>, $f::<1, 2, false>),
+                (4, 2, $f::<2, 4, false>, $f::<1, 4, false>),
+                (4, 2, $f::<2, 4, false>, $f::<1, 4, false>),
+                (6, 2, $f::<2, 6, false>, $f::<1, 6, false>),
+                (6, 2, $f::<2, 6, false>, $f::<1, 6, false>),
+                (6, 2, $f::<2, 6, false>, $f::<1, 6, false>),
+                (6, 2, $f::<2, 6, false>, $f::<1, 6, false>),
+            ],
+            big: (6, 2, $f::<2, 6, true>, $f::<1, 6, true>),
+        }
+    };
+}
+
+impl Family {
+    /// The family of `isa`, which must be supported by this CPU (callers resolve it first).
+    pub(crate) fn of(isa: Isa) -> &'static Family {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use entries::{avx2, avx512};
+            static AVX512: Family = Family {
+                lanes: 16,
+                // rows 1: 8 vectors (memory-bound GEMV, eight independent chains); 2: 6x2;
+                // 3-4: 4x4; 5-8: 3x8 (24 accumulators of 32 registers).
+                small: [
+                    (1, 8, avx512::<8, 1, false>, avx512::<1, 1, false>),
+                    (1, 8, avx512::<8, 1, false>, avx512::<1, 1, false>),
+                    (2, 6, avx512::<6, 2, false>, avx512::<1, 2, false>),
+                    (4, 4, avx512::<4, 4, false>, avx512::<1, 4, false>),
+                    (4, 4, avx512::<4, 4, false>, avx512::<1, 4, false>),
+                    (8, 3, avx512::<3, 8, false>, avx512::<1, 8, false>),
+                    (8, 3, avx512::<3, 8, false>, avx512::<1, 8, false>),
+                    (8, 3, avx512::<3, 8, false>, avx512::<1, 8, false>),
+                    (8, 3, avx512::<3, 8, false>, avx512::<1, 8, false>),
+                ],
+                // 4 x 6: 24 accumulators, 4 weight vectors and a broadcast in 29 registers;
+                // 10 loads per 24 FMAs.
+                big: (6, 4, avx512::<4, 6, true>, avx512::<1, 6, true>),
+            };
+            static AVX2: Family = family8!(avx2);
+            match isa {
+                Isa::Avx512 => return &AVX512,
+                Isa::Avx2 => return &AVX2,
+                Isa::Portable => {}
+            }
+        }
+        static PORTABLE: Family = family8!(portable);
+        let _ = isa;
+        &PORTABLE
+    }
+}
+
+/// A raw output pointer that may cross threads: the drivers give each task a disjoint rectangle.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: tasks write disjoint rectangles of the output (see `forward` in `mod.rs`).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+thread_local! {
+    /// Per-thread buffer for packed `X` blocks, grown once and reused (no allocation per call
+    /// once warm).
+    static XPACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Compute rows `rows` and panels `panels` of the output.
+///
+/// # Safety
+/// The family's ISA is supported; `x` holds `batch * k` values; `y` points to `batch * n`
+/// writable values no other thread touches in this rectangle; `ops` per-feature vectors hold `n`
+/// values.
+pub(crate) unsafe fn run_block(
+    fam: &Family,
+    w: &Packed,
+    x: &[f32],
+    rows: std::ops::Range<usize>,
+    panels: std::ops::Range<usize>,
+    y: OutPtr,
+    ops: &[EpilogueOp],
+) {
+    let (k, n, l) = (w.k, w.n, fam.lanes);
+    let split = register_prefix(ops);
+    let lanes_of = |p_end: usize| {
+        if p_end == w.panels {
+            n - (w.panels - 1) * l
+        } else {
+            l
+        }
+    };
+    // Ops that cannot run in registers, on the tile just stored (hot in L1).
+    let post = |r0: usize, nrows: usize, p0: usize, p1: usize| {
+        if split == ops.len() {
+            return;
+        }
+        let (c0, c1) = (p0 * l, (p1 * l).min(n));
+        for r in r0..r0 + nrows {
+            // SAFETY: row `r`, features `c0..c1` are inside this task's rectangle.
+            let seg = unsafe { std::slice::from_raw_parts_mut(y.0.add(r * n + c0), c1 - c0) };
+            super::apply_epilogue(&ops[split..], seg, c0);
+        }
+    };
+    let epi = |p: usize| Epi {
+        bias: w.bias.as_ptr().wrapping_add(p * l),
+        col0: p * l,
+        ops: &ops[..split],
+    };
+
+    if rows.len() <= SMALL_BATCH {
+        let mut r = rows.start;
+        while r < rows.end {
+            let (nr, mv, full, one) = fam.small[(rows.end - r).min(SMALL_BATCH)];
+            let nrows = nr.min(rows.end - r);
+            let mut p = panels.start;
+            while p < panels.end {
+                let (m, f) = if panels.end - p >= mv {
+                    (mv, full)
+                } else {
+                    (1, one)
+                };
+                let t = TileArgs {
+                    kc: k,
+                    a: w.panel_ptr(p, 0),
+                    a_stride: k * l,
+                    x: x.as_ptr().wrapping_add(r * k),
+                    x_rs: k,
+                    rows: nrows,
+                    c: y.0.wrapping_add(r * n + p * l),
+                    ldc: n,
+                    lanes_last: lanes_of(p + m),
+                    accumulate: false,
+                    epi: Some(epi(p)),
+                };
+                // SAFETY: the tile covers panels `p..p+m` (inside `w`), rows `r..r+nrows` of `x`
+                // and `y`; the function contract gives the ISA and the buffers.
+                unsafe { f(&t) };
+                post(r, nrows, p, p + m);
+                p += m;
+            }
+            r += nrows;
+        }
+        return;
+    }
+
+    let (nr, mv, full, one) = fam.big;
+    XPACK.with_borrow_mut(|buf| {
+        let need = NC.div_ceil(nr) * nr * KC;
+        if buf.len() < need {
+            buf.resize(need, 0.0);
+        }
+        let mc_panels = (MC / l).max(mv) / mv * mv;
+        for jc in rows.clone().step_by(NC) {
+            let nc = NC.min(rows.end - jc);
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                let last = pc + kc == k;
+                pack_x(&mut buf[..], x, k, jc, nc, pc, kc, nr);
+                for ic in panels.clone().step_by(mc_panels) {
+                    let ic_end = (ic + mc_panels).min(panels.end);
+                    for jr in (0..nc).step_by(nr) {
+                        let nrows = nr.min(nc - jr);
+                        let mut p = ic;
+                        while p < ic_end {
+                            let (m, f) = if ic_end - p >= mv {
+                                (mv, full)
+                            } else {
+                                (1, one)
+                            };
+                            let t = TileArgs {
+                                kc,
+                                a: w.panel_ptr(p, pc),
+                                a_stride: k * l,
+                                x: buf.as_ptr().wrapping_add(jr * kc),
+                                x_rs: 0,
+                                rows: nrows,
+                                c: y.0.wrapping_add((jc + jr) * n + p * l),
+                                ldc: n,
+                                lanes_last: lanes_of(p + m),
+                                accumulate: pc > 0,
+                                epi: if last { Some(epi(p)) } else { None },
+                            };
+                            // SAFETY: as in the small path; `buf` holds the packed micro-panel
+                            // of `kc * nr` values at `jr * kc`.
+                            unsafe { f(&t) };
+                            if last {
+                                post(jc + jr, nrows, p, p + m);
+                            }
+                            p += m;
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Pack rows `jc .. jc + nc`, depth `pc .. pc + kc` of `x` into `nr`-row micro-panels: panel `j`
+/// at `j * nr * kc`, value `(kk, r)` at `kk * nr + r`, rows past `nc` zero.
+#[allow(clippy::too_many_arguments)]
+fn pack_x(
+    buf: &mut [f32],
+    x: &[f32],
+    k: usize,
+    jc: usize,
+    nc: usize,
+    pc: usize,
+    kc: usize,
+    nr: usize,
+) {
+    for (j, panel) in buf
+        .chunks_exact_mut(nr * kc)
+        .take(nc.div_ceil(nr))
+        .enumerate()
+    {
+        for r in 0..nr {
+            let row = j * nr + r;
+            if row < nc {
+                let src = &x[(jc + row) * k + pc..(jc + row) * k + pc + kc];
+                for (kk, &v) in src.iter().enumerate() {
+                    panel[kk * nr + r] = v;
+                }
+            } else {
+                for kk in 0..kc {
+                    panel[kk * nr + r] = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// Scalar fallback for `k == 0`: the output is the bias, then the epilogue.
+pub(crate) fn bias_only(w: &Packed, batch: usize, y: &mut [f32], ops: &[EpilogueOp]) {
+    for row in y.chunks_exact_mut(w.n).take(batch) {
+        row.copy_from_slice(&w.bias[..w.n]);
+        super::apply_epilogue(ops, row, 0);
+    }
+}

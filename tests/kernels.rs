@@ -1,0 +1,407 @@
+//! The dense kernels, every instruction-set path forced in turn, against a naive f64 reference.
+//!
+//! Each test loops over `Isa::supported()` and asserts that the kernel it built runs the path it
+//! asked for, so a path this host supports cannot go untested: forcing it must work, and then the
+//! same assertions hold for it.
+
+use bnfold::Activation;
+use bnfold::kernels::{DenseKernel, EpilogueOp, Isa, KernelChoice, matmul_nt};
+
+const SIZES: [usize; 15] = [1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33, 64, 65, 127, 200];
+
+/// A small deterministic generator (xorshift64*), so the tests need no RNG API.
+struct Gen(u64);
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Uniform in [-1, 1).
+    fn uniform(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    /// A multiple of 1/8 in [-4, 4]: products and sums of these are exact in f32 for the sizes
+    /// used here (|sum| <= 200 * 16 = 3200 in steps of 1/64 needs 18 bits < 24).
+    fn eighths(&mut self) -> f32 {
+        ((self.next() >> 32) % 65) as f32 / 8.0 - 4.0
+    }
+    fn vec(&mut self, len: usize, f: fn(&mut Gen) -> f32) -> Vec<f32> {
+        (0..len).map(|_| f(self)).collect()
+    }
+}
+
+/// `x W^T + b` in f64, `x` `[m, k]`, `w` `[n, k]`.
+fn reference(x: &[f32], w: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
+    let mut y = vec![0.0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = b[j] as f64;
+            for kk in 0..k {
+                s += x[i * k + kk] as f64 * w[j * k + kk] as f64;
+            }
+            y[i * n + j] = s;
+        }
+    }
+    y
+}
+
+/// The epilogue ops in f64, feature `j`.
+fn reference_op(op: &EpilogueOp, v: f64, j: usize) -> f64 {
+    match op {
+        EpilogueOp::Act(a) => match a {
+            Activation::Identity | Activation::Softmax => v,
+            Activation::Relu => {
+                if v < 0.0 {
+                    0.0
+                } else {
+                    v
+                }
+            }
+            Activation::LeakyRelu { alpha } => {
+                if v < 0.0 {
+                    v * *alpha as f64
+                } else {
+                    v
+                }
+            }
+            Activation::Tanh => v.tanh(),
+            Activation::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+            Activation::GeluErf => 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2)),
+            Activation::GeluTanh => {
+                let u = (2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v);
+                0.5 * v * (1.0 + u.tanh())
+            }
+        },
+        EpilogueOp::Affine { scale, shift } => scale[j] as f64 * v + shift[j] as f64,
+        EpilogueOp::BatchNorm {
+            gamma,
+            beta,
+            mean,
+            denom,
+        } => gamma[j] as f64 * (v - mean[j] as f64) / denom[j] as f64 + beta[j] as f64,
+    }
+}
+
+fn kernel(isa: Isa, k: usize, n: usize, w: &[f32], b: &[f32]) -> DenseKernel {
+    let kern = DenseKernel::with_choice(k, n, w, b, KernelChoice::Force(isa));
+    assert_eq!(
+        kern.isa(),
+        isa,
+        "forcing a supported path must run that path"
+    );
+    kern
+}
+
+#[test]
+fn every_supported_path_is_reported_and_forceable() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert_eq!(
+            Isa::Avx512.is_supported(),
+            std::arch::is_x86_feature_detected!("avx512f")
+        );
+        assert_eq!(
+            Isa::Avx2.is_supported(),
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        );
+    }
+    assert!(Isa::Portable.is_supported());
+    for isa in Isa::supported() {
+        assert_eq!(kernel(isa, 3, 5, &[0.0; 15], &[0.0; 5]).isa(), isa);
+        assert_eq!(Isa::from_name(isa.name()), Some(isa));
+    }
+    // An unsupported path falls back to a supported one instead of faulting.
+    for isa in Isa::ALL {
+        let got = KernelChoice::Force(isa).resolve();
+        assert!(got.is_supported());
+    }
+}
+
+/// With inputs on a 1/8 grid every product and partial sum is exact in f32, so every path, in
+/// any summation order, must give the f64 reference exactly: a tolerance of zero.
+#[test]
+fn exact_products_match_reference_bit_for_bit_on_every_shape_and_path() {
+    let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+    for &m in &SIZES {
+        for &k in &SIZES {
+            for &n in &SIZES {
+                let x = g.vec(m * k, Gen::eighths);
+                let w = g.vec(n * k, Gen::eighths);
+                let b = g.vec(n, Gen::eighths);
+                let want = reference(&x, &w, &b, m, k, n);
+                for isa in Isa::supported() {
+                    let kern = kernel(isa, k, n, &w, &b);
+                    let mut y = vec![f32::NAN; m * n];
+                    kern.forward(&x, m, &mut y, &[]);
+                    for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            got as f64,
+                            want,
+                            "{isa} m={m} k={k} n={n} at ({}, {})",
+                            i / n,
+                            i % n
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Uniform floats: the f32 sum of `k` products differs from the exact one by at most
+/// `gamma_k * sum |x_i w_i|` with `gamma_k = k u / (1 - k u)`, `u = 2^-24` (Higham, 3.1), for any
+/// summation order, plus one rounding of the bias addition. The test allows twice that bound.
+#[test]
+fn random_floats_are_within_the_summation_error_bound() {
+    let mut g = Gen(42);
+    for &(m, k, n) in &[
+        (1, 200, 127),
+        (9, 65, 33),
+        (17, 127, 200),
+        (64, 200, 65),
+        (200, 33, 17),
+        (31, 513, 70),
+        (300, 300, 50),
+    ] {
+        let x = g.vec(m * k, Gen::uniform);
+        let w = g.vec(n * k, Gen::uniform);
+        let b = g.vec(n, Gen::uniform);
+        let want = reference(&x, &w, &b, m, k, n);
+        for isa in Isa::supported() {
+            let mut y = vec![0.0; m * n];
+            kernel(isa, k, n, &w, &b).forward(&x, m, &mut y, &[]);
+            for i in 0..m {
+                for j in 0..n {
+                    let mag: f64 = (0..k)
+                        .map(|kk| (x[i * k + kk] as f64 * w[j * k + kk] as f64).abs())
+                        .sum::<f64>()
+                        + (b[j] as f64).abs();
+                    let u = f64::powi(2.0, -24);
+                    let bound = 2.0 * ((k + 1) as f64 * u) * mag;
+                    let err = (y[i * n + j] as f64 - want[i * n + j]).abs();
+                    assert!(
+                        err <= bound,
+                        "{isa} {m}x{k}x{n} ({i},{j}): err {err} > {bound}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn epilogues(n: usize, g: &mut Gen) -> Vec<Vec<EpilogueOp>> {
+    let acts = [
+        Activation::Identity,
+        Activation::Relu,
+        Activation::LeakyRelu { alpha: 0.125 },
+        Activation::Tanh,
+        Activation::Sigmoid,
+        Activation::GeluErf,
+        Activation::GeluTanh,
+    ];
+    let affine = EpilogueOp::Affine {
+        scale: g.vec(n, Gen::uniform),
+        shift: g.vec(n, Gen::uniform),
+    };
+    let bn = EpilogueOp::BatchNorm {
+        gamma: g.vec(n, Gen::uniform),
+        beta: g.vec(n, Gen::uniform),
+        mean: g.vec(n, Gen::uniform),
+        denom: (0..n).map(|_| 0.5 + g.uniform().abs()).collect(),
+    };
+    let mut out: Vec<Vec<EpilogueOp>> = acts.iter().map(|a| vec![EpilogueOp::Act(*a)]).collect();
+    out.push(vec![affine.clone()]);
+    out.push(vec![bn.clone()]);
+    // Register ops, then a transcendental one, then register ops again (split across the tile
+    // store), as a folded plan with an unfoldable BN produces.
+    out.push(vec![
+        EpilogueOp::Act(Activation::Relu),
+        affine.clone(),
+        EpilogueOp::Act(Activation::Tanh),
+        bn,
+        EpilogueOp::Act(Activation::LeakyRelu { alpha: 0.5 }),
+    ]);
+    out
+}
+
+/// Every activation and the affine and BN epilogues, on shapes with partial vectors (17, 33)
+/// and partial tiles. The matrix part is exact (1/8 grid, see above), so the only error is the
+/// f32 epilogue: a few roundings of values of magnitude up to ~400, and the f32 transcendental
+/// functions (within a few ulp). Tolerance: 1e-5 relative to max(1, |value|) after each op
+/// chain of up to five ops.
+#[test]
+fn epilogues_match_reference_on_every_path() {
+    let mut g = Gen(7);
+    for &(m, k, n) in &[
+        (1, 9, 17),
+        (3, 31, 33),
+        (8, 16, 65),
+        (9, 64, 31),
+        (65, 33, 127),
+        (200, 7, 200),
+    ] {
+        let x = g.vec(m * k, Gen::eighths);
+        let w = g.vec(n * k, Gen::eighths);
+        let b = g.vec(n, Gen::eighths);
+        let base = reference(&x, &w, &b, m, k, n);
+        for ops in epilogues(n, &mut g) {
+            let want: Vec<f64> = base
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| ops.iter().fold(v, |v, op| reference_op(op, v, i % n)))
+                .collect();
+            for isa in Isa::supported() {
+                let mut y = vec![0.0; m * n];
+                kernel(isa, k, n, &w, &b).forward(&x, m, &mut y, &ops);
+                for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
+                    let tol = 1e-5 * want.abs().max(1.0);
+                    assert!(
+                        (got as f64 - want).abs() <= tol,
+                        "{isa} {m}x{k}x{n} {ops:?} at {i}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A NaN input makes its whole output row NaN (ReLU included: it must not turn NaN into 0);
+/// an infinite input gives +-inf where the weights have one sign and NaN where inf - inf occurs,
+/// exactly as the f64 reference.
+#[test]
+fn nan_and_infinity_propagate_like_the_reference() {
+    let (m, k, n) = (10, 20, 40);
+    let mut g = Gen(3);
+    let mut x = g.vec(m * k, Gen::eighths);
+    let mut w = g.vec(n * k, Gen::eighths);
+    let b = g.vec(n, Gen::eighths);
+    x[2 * k + 5] = f32::NAN;
+    x[4 * k + 7] = f32::INFINITY;
+    x[7 * k] = f32::NEG_INFINITY;
+    // Feature 3 sees +inf times 0 (NaN); feature 4 a weight of +2 at the infinite inputs.
+    w[3 * k + 7] = 0.0;
+    w[4 * k + 7] = 2.0;
+    w[4 * k] = 2.0;
+    let want = reference(&x, &w, &b, m, k, n);
+    for ops in [vec![], vec![EpilogueOp::Act(Activation::Relu)]] {
+        for isa in Isa::supported() {
+            for batch in [m, 1] {
+                let mut y = vec![0.0; batch * n];
+                kernel(isa, k, n, &w, &b).forward(&x[..batch * k], batch, &mut y, &ops);
+                for (i, &got) in y.iter().enumerate() {
+                    let v = ops.iter().fold(want[i], |v, op| reference_op(op, v, i % n));
+                    if v.is_nan() {
+                        assert!(got.is_nan(), "{isa} {ops:?} at {i}: {got}, want NaN");
+                    } else {
+                        assert_eq!(got as f64, v, "{isa} {ops:?} at {i}");
+                    }
+                }
+            }
+            let mut y = vec![0.0; m * n];
+            kernel(isa, k, n, &w, &b).forward(&x, m, &mut y, &ops);
+            assert!(y[2 * n..3 * n].iter().all(|v| v.is_nan()), "{isa}: NaN row");
+            assert!(y[4 * n + 3].is_nan(), "{isa}: inf * 0");
+            assert_eq!(y[4 * n + 4], f32::INFINITY, "{isa}: +inf");
+        }
+    }
+}
+
+/// Inputs and outputs at addresses that are not multiples of the vector size give the same bits
+/// as aligned ones.
+#[test]
+fn unaligned_slices_give_the_same_bits() {
+    let (m, k, n) = (13, 37, 45);
+    let mut g = Gen(11);
+    let x = g.vec(m * k, Gen::uniform);
+    let w = g.vec(n * k, Gen::uniform);
+    let b = g.vec(n, Gen::uniform);
+    for isa in Isa::supported() {
+        let kern = kernel(isa, k, n, &w, &b);
+        let mut y0 = vec![0.0; m * n];
+        kern.forward(&x, m, &mut y0, &[]);
+        for off in 1..4 {
+            let mut xs = vec![0.0; m * k + off];
+            xs[off..].copy_from_slice(&x);
+            let mut ys = vec![0.0; m * n + off];
+            kern.forward(&xs[off..], m, &mut ys[off..], &[]);
+            assert_eq!(
+                ys[off..].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                y0.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{isa} offset {off}"
+            );
+        }
+    }
+}
+
+/// The parallel split changes which thread computes a tile, never the order of a sum: the same
+/// bits with 1 and 2 threads, for batches that split by features and by rows.
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let two = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let mut g = Gen(5);
+    for &(m, k, n) in &[
+        (1, 1024, 1000),
+        (5, 700, 600),
+        (40, 600, 300),
+        (300, 300, 257),
+    ] {
+        let x = g.vec(m * k, Gen::uniform);
+        let w = g.vec(n * k, Gen::uniform);
+        let b = g.vec(n, Gen::uniform);
+        let ops = [EpilogueOp::Act(Activation::Relu)];
+        for isa in Isa::supported() {
+            let kern = kernel(isa, k, n, &w, &b);
+            let mut y1 = vec![0.0; m * n];
+            let mut y2 = vec![0.0; m * n];
+            one.install(|| kern.forward(&x, m, &mut y1, &ops));
+            two.install(|| kern.forward(&x, m, &mut y2, &ops));
+            assert!(
+                y1.iter().zip(&y2).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{isa} {m}x{k}x{n}"
+            );
+        }
+    }
+}
+
+/// `matmul_nt` (the trainer's product) against the reference, exact on the 1/8 grid.
+#[test]
+fn matmul_nt_matches_reference() {
+    let mut g = Gen(9);
+    for &(m, n, k) in &[
+        (1, 1, 1),
+        (3, 17, 9),
+        (33, 8, 65),
+        (100, 64, 127),
+        (257, 31, 300),
+    ] {
+        let a = g.vec(m * k, Gen::eighths);
+        let b = g.vec(n * k, Gen::eighths);
+        let want = reference(&a, &b, &vec![0.0; n], m, k, n);
+        let mut c = vec![f32::NAN; m * n];
+        matmul_nt(&a, &b, m, n, k, &mut c);
+        for (got, want) in c.iter().zip(&want) {
+            assert_eq!(*got as f64, *want, "{m}x{n}x{k}");
+        }
+    }
+}
+
+/// A layer with no inputs outputs its bias, through the epilogue.
+#[test]
+fn zero_inputs_give_the_bias() {
+    for isa in Isa::supported() {
+        let kern = kernel(isa, 0, 3, &[], &[1.0, -2.0, 3.0]);
+        let mut y = vec![0.0; 6];
+        kern.forward(&[], 2, &mut y, &[EpilogueOp::Act(Activation::Relu)]);
+        assert_eq!(y, [1.0, 0.0, 3.0, 1.0, 0.0, 3.0]);
+    }
+}
