@@ -7,7 +7,7 @@
 use crate::error::{InputError, Result};
 use crate::fold::{Affine, fold_dense};
 use crate::format::{Activation, LayerKind};
-use crate::kernels::{self, DenseKernel, EpilogueOp};
+use crate::kernels::{self, DenseKernel, EpilogueOp, KernelChoice};
 use crate::model::Model;
 
 /// Which computation a plan performs.
@@ -27,18 +27,30 @@ pub enum Mode {
 pub struct Options {
     /// Folded (default) or unfolded.
     pub mode: Mode,
+    /// Which instruction-set path the dense kernels use (default: detected, or `BNFOLD_KERNEL`).
+    pub kernel: KernelChoice,
 }
 
 impl Options {
     /// Options for the folded path.
     pub fn folded() -> Self {
-        Options { mode: Mode::Folded }
+        Options {
+            mode: Mode::Folded,
+            ..Options::default()
+        }
+    }
+
+    /// These options with the dense kernels' path chosen by `kernel`.
+    pub fn with_kernel(mut self, kernel: KernelChoice) -> Self {
+        self.kernel = kernel;
+        self
     }
 
     /// Options for the unfolded path.
     pub fn unfolded() -> Self {
         Options {
             mode: Mode::Unfolded,
+            ..Options::default()
         }
     }
 }
@@ -98,8 +110,8 @@ impl Model {
     /// The plan owns its weights; the model (and its file mapping) can be dropped afterwards.
     pub fn compile(&self, options: &Options) -> Result<Plan> {
         let steps = match options.mode {
-            Mode::Folded => self.folded_steps()?,
-            Mode::Unfolded => self.unfolded_steps()?,
+            Mode::Folded => self.folded_steps(options.kernel)?,
+            Mode::Unfolded => self.unfolded_steps(options.kernel)?,
         };
         let max_width = steps
             .iter()
@@ -116,7 +128,7 @@ impl Model {
         })
     }
 
-    fn unfolded_steps(&self) -> Result<Vec<Step>> {
+    fn unfolded_steps(&self, choice: KernelChoice) -> Result<Vec<Step>> {
         let mut steps = Vec::with_capacity(self.layers().len());
         let mut width = self.input_features();
         for (index, layer) in self.layers().iter().enumerate() {
@@ -134,7 +146,7 @@ impl Model {
                     };
                     width = outputs;
                     Op::Dense {
-                        kernel: DenseKernel::new(inputs, outputs, w, b),
+                        kernel: DenseKernel::with_choice(inputs, outputs, &w, &b, choice),
                         epilogue: Vec::new(),
                     }
                 }
@@ -174,7 +186,7 @@ impl Model {
         Ok(steps)
     }
 
-    fn folded_steps(&self) -> Result<Vec<Step>> {
+    fn folded_steps(&self, choice: KernelChoice) -> Result<Vec<Step>> {
         // 1. Tokens, with runs of consecutive BN layers composed into one affine map.
         let mut tokens: Vec<Token> = Vec::with_capacity(self.layers().len());
         for (index, layer) in self.layers().iter().enumerate() {
@@ -221,7 +233,9 @@ impl Model {
                     width = f.outputs;
                     steps.push(Step {
                         op: Op::Dense {
-                            kernel: DenseKernel::new(f.inputs, f.outputs, f.weight, f.bias),
+                            kernel: DenseKernel::with_choice(
+                                f.inputs, f.outputs, &f.weight, &f.bias, choice,
+                            ),
                             epilogue: Vec::new(),
                         },
                         width,
@@ -299,6 +313,17 @@ impl Plan {
     /// softmax). Folding makes this smaller than the number of layers.
     pub fn num_steps(&self) -> usize {
         self.steps.len()
+    }
+
+    /// The instruction-set path of the plan's dense kernels (the portable one if it has none).
+    pub fn kernel_isa(&self) -> kernels::Isa {
+        self.steps
+            .iter()
+            .find_map(|s| match &s.op {
+                Op::Dense { kernel, .. } => Some(kernel.isa()),
+                _ => None,
+            })
+            .unwrap_or(kernels::Isa::Portable)
     }
 
     /// Bytes of weights the plan holds.

@@ -44,7 +44,12 @@ pub(crate) struct Packed {
     pub(crate) k: usize,
     pub(crate) n: usize,
     pub(crate) panels: usize,
-    /// `panels * k * lanes` values starting at `offset` (64-byte aligned).
+    /// Floats from one panel to the next: `k * lanes` rounded up to a cache line, plus one cache
+    /// line, so that the panels a tile reads side by side do not fall into the same L1 set
+    /// (with `k * lanes * 4` a multiple of 4 KiB they all would, and the prefetched lines of the
+    /// streams would evict each other).
+    pub(crate) stride: usize,
+    /// `panels * stride` values starting at `offset` (64-byte aligned).
     data: Vec<f32>,
     offset: usize,
     /// `panels * lanes` values, zero-padded.
@@ -55,13 +60,14 @@ impl Packed {
     /// Pack `w` (`[n, k]` row-major) and `bias` (`n`) for vectors of `lanes` f32.
     pub(crate) fn new(w: &[f32], bias: &[f32], n: usize, k: usize, lanes: usize) -> Packed {
         let panels = n.div_ceil(lanes);
-        let len = panels * k * lanes;
+        let stride = (k * lanes).div_ceil(16) * 16 + 16;
+        let len = panels * stride;
         // 16 spare floats so that the panels can start on a 64-byte boundary.
         let mut data = vec![0.0f32; len + 16];
         let offset = data.as_ptr().align_offset(64).min(16);
         let out = &mut data[offset..offset + len];
         for p in 0..panels {
-            let panel = &mut out[p * k * lanes..(p + 1) * k * lanes];
+            let panel = &mut out[p * stride..p * stride + k * lanes];
             for l in 0..lanes.min(n - p * lanes) {
                 let row = &w[(p * lanes + l) * k..(p * lanes + l + 1) * k];
                 for (kk, &v) in row.iter().enumerate() {
@@ -76,6 +82,7 @@ impl Packed {
             k,
             n,
             panels,
+            stride,
             data,
             offset,
             bias: b,
@@ -90,10 +97,10 @@ impl Packed {
     /// Start of panel `p` at depth `kk`.
     fn panel_ptr(&self, p: usize, kk: usize) -> *const f32 {
         debug_assert!(p < self.panels.max(1) && kk <= self.k);
-        // In bounds: `offset + p*k*lanes + kk*lanes <= offset + len`.
+        // In bounds: `offset + p*stride + kk*lanes <= offset + len`.
         self.data[self.offset..]
             .as_ptr()
-            .wrapping_add(p * self.k * self.lanes + kk * self.lanes)
+            .wrapping_add(p * self.stride + kk * self.lanes)
     }
 }
 
@@ -468,7 +475,7 @@ pub(crate) unsafe fn run_block(
                 let t = TileArgs {
                     kc: k,
                     a: w.panel_ptr(p, 0),
-                    a_stride: k * l,
+                    a_stride: w.stride,
                     x: x.as_ptr().wrapping_add(r * k),
                     x_rs: k,
                     rows: nrows,
@@ -516,7 +523,7 @@ pub(crate) unsafe fn run_block(
                             let t = TileArgs {
                                 kc,
                                 a: w.panel_ptr(p, pc),
-                                a_stride: k * l,
+                                a_stride: w.stride,
                                 x: buf.as_ptr().wrapping_add(jr * kc),
                                 x_rs: 0,
                                 rows: nrows,
@@ -559,17 +566,15 @@ fn pack_x(
         .take(nc.div_ceil(nr))
         .enumerate()
     {
-        for r in 0..nr {
-            let row = j * nr + r;
-            if row < nc {
-                let src = &x[(jc + row) * k + pc..(jc + row) * k + pc + kc];
-                for (kk, &v) in src.iter().enumerate() {
-                    panel[kk * nr + r] = v;
-                }
-            } else {
-                for kk in 0..kc {
-                    panel[kk * nr + r] = 0.0;
-                }
+        let valid = nr.min(nc - j * nr);
+        let rows: [&[f32]; 8] = std::array::from_fn(|r| {
+            let row = jc + j * nr + r.min(valid - 1);
+            &x[row * k + pc..row * k + pc + kc]
+        });
+        // Written in order, read from `nr` row streams.
+        for (kk, out) in panel.chunks_exact_mut(nr).enumerate() {
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = if r < valid { rows[r][kk] } else { 0.0 };
             }
         }
     }

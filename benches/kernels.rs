@@ -1,0 +1,271 @@
+//! Kernel benchmarks, all reported as throughput in elements per second where one element is
+//! one floating-point operation (so criterion's "Gelem/s" reads as GFLOP/s), except the memory
+//! probe, which reports bytes per second.
+//!
+//! Groups (filter with `cargo bench --bench kernels -- GROUP`):
+//! - `peak`: independent FMA chains per ISA on one core: the machine's measured peak;
+//! - `membw`: single-core read bandwidth over a buffer much larger than L3;
+//! - `sgemm`: square products with prepacked weights, every supported ISA, 1 and 2 threads, and
+//!   the `matrixmultiply` crate (single thread) on the same shapes;
+//! - `mlp`: dense-layer shapes (30x30, 784x1024, 1024x1024, 4096x4096) at batch 1..1024, best ISA.
+//!
+//! Environment: `BNFOLD_BENCH_SIZES=128,256` restricts the square sizes (default
+//! 128,256,512,1024,2048); `BNFOLD_BENCH_QUICK=1` drops the 2048 square and the 4096x4096 layer
+//! above batch 64, for a short run on a shared machine.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bnfold::kernels::{DenseKernel, Isa, KernelChoice};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+fn quick() -> bool {
+    std::env::var("BNFOLD_BENCH_QUICK").is_ok_and(|v| v == "1")
+}
+
+fn square_sizes() -> Vec<usize> {
+    match std::env::var("BNFOLD_BENCH_SIZES") {
+        Ok(s) => s.split(',').filter_map(|v| v.trim().parse().ok()).collect(),
+        Err(_) if quick() => vec![128, 256, 512, 1024],
+        Err(_) => vec![128, 256, 512, 1024, 2048],
+    }
+}
+
+fn seeded(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap_or_else(|e| panic!("thread pool: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peak probe: CHAINS independent accumulators, each a chain of FMAs; enough chains to cover the
+// FMA latency times the number of FMA pipes (4 cycles x 2 pipes on the target), so that the
+// throughput, not the latency, bounds the loop.
+
+const CHAINS: usize = 12;
+const PEAK_ITERS: usize = 100_000;
+
+#[cfg(target_arch = "x86_64")]
+mod peak {
+    use super::{CHAINS, PEAK_ITERS};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn avx512(seed: f32) -> f32 {
+        let mut acc = [_mm512_set1_ps(seed); CHAINS];
+        let a = _mm512_set1_ps(0.999_999);
+        let b = _mm512_set1_ps(1e-7);
+        for _ in 0..PEAK_ITERS {
+            for c in acc.iter_mut() {
+                *c = _mm512_fmadd_ps(*c, a, b);
+            }
+        }
+        let mut s = _mm512_setzero_ps();
+        for c in acc {
+            s = _mm512_add_ps(s, c);
+        }
+        _mm512_reduce_add_ps(s)
+    }
+
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn avx2(seed: f32) -> f32 {
+        let mut acc = [_mm256_set1_ps(seed); CHAINS];
+        let a = _mm256_set1_ps(0.999_999);
+        let b = _mm256_set1_ps(1e-7);
+        for _ in 0..PEAK_ITERS {
+            for c in acc.iter_mut() {
+                *c = _mm256_fmadd_ps(*c, a, b);
+            }
+        }
+        let mut s = _mm256_setzero_ps();
+        for c in acc {
+            s = _mm256_add_ps(s, c);
+        }
+        let mut out = [0.0f32; 8];
+        // SAFETY: `out` holds eight f32.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
+        out.iter().sum()
+    }
+}
+
+/// The portable path's vector (`wide::f32x8`): without compile-time FMA this is a multiply and
+/// an add, so its "peak" counts two operations per lane per step like the FMA paths.
+fn peak_portable(seed: f32) -> f32 {
+    let mut acc = [wide::f32x8::splat(seed); CHAINS];
+    let a = wide::f32x8::splat(0.999_999);
+    let b = wide::f32x8::splat(1e-7);
+    for _ in 0..PEAK_ITERS {
+        for c in acc.iter_mut() {
+            *c = c.mul_add(a, b);
+        }
+    }
+    acc.iter()
+        .fold(wide::f32x8::ZERO, |s, c| s + *c)
+        .reduce_add()
+}
+
+fn bench_peak(c: &mut Criterion) {
+    let mut g = c.benchmark_group("peak");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    for isa in Isa::supported() {
+        let lanes = if isa == Isa::Avx512 { 16 } else { 8 };
+        g.throughput(Throughput::Elements(
+            (PEAK_ITERS * CHAINS * lanes * 2) as u64,
+        ));
+        g.bench_function(isa.name(), |bch| {
+            bch.iter(|| match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `isa` is in `Isa::supported()`, so the CPU has its features.
+                Isa::Avx512 => unsafe { peak::avx512(black_box(1.0)) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                Isa::Avx2 => unsafe { peak::avx2(black_box(1.0)) },
+                _ => peak_portable(black_box(1.0)),
+            })
+        });
+    }
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory bandwidth: sum a 256 MiB buffer (8x the L3) with 16 independent vector accumulators.
+
+fn bench_membw(c: &mut Criterion) {
+    let bytes = 256usize << 20;
+    let buf = seeded(bytes / 4, 3);
+    let mut g = c.benchmark_group("membw");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500))
+        .throughput(Throughput::Bytes(bytes as u64));
+    g.bench_function("read_1thread", |bch| {
+        bch.iter(|| {
+            let mut acc = [wide::f32x8::ZERO; 16];
+            for chunk in buf.chunks_exact(128) {
+                for (a, v) in acc.iter_mut().zip(chunk.chunks_exact(8)) {
+                    let arr: [f32; 8] = v.try_into().unwrap_or_default();
+                    *a += wide::f32x8::from(arr);
+                }
+            }
+            black_box(
+                acc.iter()
+                    .fold(wide::f32x8::ZERO, |s, c| s + *c)
+                    .reduce_add(),
+            )
+        })
+    });
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Square SGEMM: C[m, n] = X[m, k] W[n, k]^T with W prepacked (as a loaded model's is).
+
+fn bench_sgemm(c: &mut Criterion) {
+    let pools = [(1, pool(1)), (2, pool(2))];
+    let mut g = c.benchmark_group("sgemm");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(300));
+    for s in square_sizes() {
+        let x = seeded(s * s, 1);
+        let w = seeded(s * s, 2);
+        let bias = vec![0.0; s];
+        let mut y = vec![0.0; s * s];
+        g.throughput(Throughput::Elements((2 * s * s * s) as u64));
+        for isa in Isa::supported() {
+            let kern = DenseKernel::with_choice(s, s, &w, &bias, KernelChoice::Force(isa));
+            for (t, p) in &pools {
+                g.bench_function(BenchmarkId::new(format!("{isa}/{t}t"), s), |bch| {
+                    bch.iter(|| p.install(|| kern.forward(black_box(&x), s, &mut y, &[])))
+                });
+            }
+        }
+        g.bench_function(BenchmarkId::new("matrixmultiply/1t", s), |bch| {
+            bch.iter(|| {
+                // SAFETY: `x` is `[s, s]` row-major (strides s, 1); `w` read as its transpose
+                // (strides 1, s); `y` is `[s, s]` row-major; all three are s*s long.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        s,
+                        s,
+                        s,
+                        1.0,
+                        black_box(x.as_ptr()),
+                        s as isize,
+                        1,
+                        w.as_ptr(),
+                        1,
+                        s as isize,
+                        0.0,
+                        y.as_mut_ptr(),
+                        s as isize,
+                        1,
+                    )
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dense-layer shapes at serving batch sizes, best ISA, 1 and 2 threads.
+
+fn bench_mlp(c: &mut Criterion) {
+    let pools = [(1, pool(1)), (2, pool(2))];
+    let mut g = c.benchmark_group("mlp");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(1))
+        .warm_up_time(Duration::from_millis(300));
+    for &(k, n) in &[(30, 30), (784, 1024), (1024, 1024), (4096, 4096)] {
+        let w = seeded(n * k, 4);
+        let bias = seeded(n, 5);
+        let kern = DenseKernel::with_choice(k, n, &w, &bias, KernelChoice::Auto);
+        for batch in [1usize, 8, 64, 256, 1024] {
+            if quick() && k == 4096 && batch > 64 {
+                continue;
+            }
+            let x = seeded(batch * k, 6);
+            let mut y = vec![0.0; batch * n];
+            g.throughput(Throughput::Elements((2 * batch * k * n) as u64));
+            if batch * k * n < bnfold::kernels::PARALLEL_MIN_MACS {
+                // Never touches a pool: measure the plain call, as a server would make it.
+                g.bench_function(
+                    BenchmarkId::new(format!("{k}x{n}/{}/1t", kern.isa()), batch),
+                    |bch| bch.iter(|| kern.forward(black_box(&x), batch, &mut y, &[])),
+                );
+                continue;
+            }
+            for (t, p) in &pools {
+                g.bench_function(
+                    BenchmarkId::new(format!("{k}x{n}/{}/{t}t", kern.isa()), batch),
+                    |bch| {
+                        bch.iter(|| p.install(|| kern.forward(black_box(&x), batch, &mut y, &[])))
+                    },
+                );
+            }
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_peak, bench_membw, bench_sgemm, bench_mlp);
+criterion_main!(benches);
