@@ -345,3 +345,22 @@ fn wrong_input_shapes_are_typed_errors() {
         Err(bnfold::Error::Input(bnfold::InputError::OutputLength { expected: 2, .. }))
     ));
 }
+
+#[test]
+fn folding_that_overflows_f32_is_an_error_naming_the_feature() {
+    // 1e38 * 1/sqrt(1e-30) = 1e53: representable in the f64 fold, not in the f32 result.
+    let mut w = bnfold::format::Writer::new(1);
+    w.add_dense("fc", DType::F32, 2, 1, &[1.0, 1e38], None).unwrap();
+    w.add_batch_norm("bn", DType::F32, 0.0, None, None, &[0.0; 2], &[1.0, 1e-30])
+        .unwrap();
+    let model = Model::from_bytes(&w.to_bytes().unwrap()).unwrap();
+    let e = model.compile(&Options::folded()).unwrap_err();
+    assert!(
+        matches!(
+            e.layer_kind(),
+            Some(bnfold::LayerError::FoldOverflow { feature: 1 })
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().starts_with("layer 0 (Dense 'fc')"), "{e}");
+}
