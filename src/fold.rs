@@ -148,7 +148,7 @@ pub fn fold_dense(
                 index,
                 name: l.name.clone(),
                 kind_name: "Dense",
-                kind: LayerError::FoldOverflow { feature: o },
+                kind: Box::new(LayerError::FoldOverflow { feature: o }),
             });
         }
     }

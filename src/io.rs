@@ -41,9 +41,13 @@ pub fn read_matrix(path: &Path, header: bool) -> Result<Matrix> {
 
 fn read_npy(path: &Path) -> Result<Matrix> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| other(path, format!("not a valid .npy file: {e}")))?;
+    let npy = npyz::NpyFile::new(&bytes[..])
+        .map_err(|e| other(path, format!("not a valid .npy file: {e}")))?;
     if npy.order() != npyz::Order::C {
-        return Err(other(path, "Fortran-order arrays are not supported; save with C order"));
+        return Err(other(
+            path,
+            "Fortran-order arrays are not supported; save with C order",
+        ));
     }
     let shape = npy.shape().to_vec();
     let (rows, cols) = match shape[..] {
@@ -60,7 +64,9 @@ fn read_npy(path: &Path) -> Result<Matrix> {
         usize::try_from(rows).map_err(|_| other(path, "too many rows"))?,
         usize::try_from(cols).map_err(|_| other(path, "too many columns"))?,
     );
-    let data: Vec<f32> = match npy.dtype().descr().as_str() {
+    // `descr()` is the Python literal, quotes included: '<f4'.
+    let descr = npy.dtype().descr();
+    let data: Vec<f32> = match descr.trim_matches('\'') {
         "<f4" => npy.into_vec::<f32>(),
         "<f8" => npy
             .into_vec::<f64>()
@@ -82,6 +88,7 @@ fn read_npy(path: &Path) -> Result<Matrix> {
 fn read_csv(path: &Path, header: bool) -> Result<Matrix> {
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(header)
+        .flexible(true)
         .trim(csv::Trim::All)
         .from_path(path)
         .map_err(|e| other(path, e))?;
@@ -96,7 +103,10 @@ fn read_csv(path: &Path, header: bool) -> Result<Matrix> {
             Some(c) if c != rec.len() => {
                 return Err(other(
                     path,
-                    format!("line {line} has {} values, earlier lines have {c}", rec.len()),
+                    format!(
+                        "line {line} has {} values, earlier lines have {c}",
+                        rec.len()
+                    ),
                 ));
             }
             _ => {}
@@ -108,7 +118,11 @@ fn read_csv(path: &Path, header: bool) -> Result<Matrix> {
                     format!(
                         "line {line}, column {}: '{field}' is not a number{}",
                         c + 1,
-                        if r == 0 && !header { " (if this is a header line, pass --header)" } else { "" }
+                        if r == 0 && !header {
+                            " (if this is a header line, pass --header)"
+                        } else {
+                            ""
+                        }
                     ),
                 )
             })?;

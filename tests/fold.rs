@@ -47,7 +47,15 @@ fn dense_then_bn_folds_backward_into_one_step_per_block() {
     for &w in &[1, 3, 17, 30] {
         let steps = check(
             w,
-            &[L::Dense(w), L::Bn, RELU, L::Dense(3), L::Bn, RELU, L::Dense(2)],
+            &[
+                L::Dense(w),
+                L::Bn,
+                RELU,
+                L::Dense(3),
+                L::Bn,
+                RELU,
+                L::Dense(2),
+            ],
             w as u64,
             DType::F32,
             Stats::default(),
@@ -62,7 +70,13 @@ fn input_bn_folds_forward_into_the_first_dense_layer() {
     for &w in &[1, 3, 17, 30] {
         let steps = check(
             w,
-            &[L::Bn, L::Dense(7), L::Bn, L::Act(Activation::Tanh), L::Dense(1)],
+            &[
+                L::Bn,
+                L::Dense(7),
+                L::Bn,
+                L::Act(Activation::Tanh),
+                L::Dense(1),
+            ],
             100 + w as u64,
             DType::F32,
             Stats {
@@ -79,7 +93,13 @@ fn bn_after_activation_folds_forward_into_the_next_dense_layer() {
     // Keras-style Dense -> act -> BN -> Dense.
     let steps = check(
         17,
-        &[L::Dense(30), RELU, L::Bn, L::Dense(3), L::Act(Activation::Sigmoid)],
+        &[
+            L::Dense(30),
+            RELU,
+            L::Bn,
+            L::Dense(3),
+            L::Act(Activation::Sigmoid),
+        ],
         7,
         DType::F32,
         Stats::default(),
@@ -226,7 +246,13 @@ fn every_activation_runs_folded_and_unfolded() {
     {
         check(
             5,
-            &[L::Dense(9), L::Bn, L::Act(a), L::Dense(4), L::Act(Activation::Softmax)],
+            &[
+                L::Dense(9),
+                L::Bn,
+                L::Act(a),
+                L::Dense(4),
+                L::Act(Activation::Softmax),
+            ],
             60 + i as u64,
             DType::F32,
             Stats::default(),
@@ -333,7 +359,10 @@ fn wrong_input_shapes_are_typed_errors() {
     let mut s = plan.session();
     assert!(matches!(
         s.run(&[0.0; 7], 2),
-        Err(bnfold::Error::Input(bnfold::InputError::Length { expected: 8, .. }))
+        Err(bnfold::Error::Input(bnfold::InputError::Length {
+            expected: 8,
+            ..
+        }))
     ));
     assert!(matches!(
         s.run(&[], 0),
@@ -342,7 +371,10 @@ fn wrong_input_shapes_are_typed_errors() {
     let mut out = [0.0; 3];
     assert!(matches!(
         s.run_into(&[0.0; 4], 1, &mut out),
-        Err(bnfold::Error::Input(bnfold::InputError::OutputLength { expected: 2, .. }))
+        Err(bnfold::Error::Input(bnfold::InputError::OutputLength {
+            expected: 2,
+            ..
+        }))
     ));
 }
 
@@ -350,7 +382,8 @@ fn wrong_input_shapes_are_typed_errors() {
 fn folding_that_overflows_f32_is_an_error_naming_the_feature() {
     // 1e38 * 1/sqrt(1e-30) = 1e53: representable in the f64 fold, not in the f32 result.
     let mut w = bnfold::format::Writer::new(1);
-    w.add_dense("fc", DType::F32, 2, 1, &[1.0, 1e38], None).unwrap();
+    w.add_dense("fc", DType::F32, 2, 1, &[1.0, 1e38], None)
+        .unwrap();
     w.add_batch_norm("bn", DType::F32, 0.0, None, None, &[0.0; 2], &[1.0, 1e-30])
         .unwrap();
     let model = Model::from_bytes(&w.to_bytes().unwrap()).unwrap();

@@ -35,10 +35,9 @@ fn round_trip_is_bit_exact_for_every_dtype() {
             123.456,
         ];
         let mut w = Writer::new(4);
-        w.metadata("producer", "round trip").metadata("ünïcode", "välue ✓");
-        let t = w
-            .tensor("dense.weight", dtype, &[3, 4], &special)
-            .unwrap();
+        w.metadata("producer", "round trip")
+            .metadata("ünïcode", "välue ✓");
+        let t = w.tensor("dense.weight", dtype, &[3, 4], &special).unwrap();
         w.dense("dense", 4, 3, t, None).unwrap();
         w.activation("act", Activation::LeakyRelu { alpha: 0.01 })
             .unwrap();
@@ -137,8 +136,15 @@ fn writer_writes_atomically_and_the_file_loads() {
 fn base() -> Vec<u8> {
     let mut w = Writer::new(2);
     w.metadata("producer", "corrupt-file tests");
-    w.add_dense("fc", DType::F32, 3, 2, &[1., 2., 3., 4., 5., 6.], Some(&[0.1, 0.2, 0.3]))
-        .unwrap();
+    w.add_dense(
+        "fc",
+        DType::F32,
+        3,
+        2,
+        &[1., 2., 3., 4., 5., 6.],
+        Some(&[0.1, 0.2, 0.3]),
+    )
+    .unwrap();
     w.add_batch_norm(
         "bn",
         DType::F32,
@@ -179,6 +185,9 @@ fn put_u32(b: &mut [u8], at: usize, v: u32) {
 fn put_u64(b: &mut [u8], at: usize, v: u64) {
     b[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
+
+/// A named corrupt file and the check its error must pass.
+type PatchCase = (&'static str, Vec<u8>, fn(&FormatError) -> bool);
 
 fn load(mut b: Vec<u8>, fix: bool) -> Error {
     if fix {
@@ -297,13 +306,32 @@ fn table_truncated_inside_each_section_names_the_field() {
 #[test]
 fn corrupt_headers_are_rejected_with_their_own_error() {
     let b = base();
-    type Case = (&'static str, fn(&mut Vec<u8>), fn(&FormatError) -> bool, u64);
+    type Case = (
+        &'static str,
+        fn(&mut Vec<u8>),
+        fn(&FormatError) -> bool,
+        u64,
+    );
     let cases: Vec<Case> = vec![
-        ("bad magic", |b| b[1] = b'X', |k| *k == FormatError::BadMagic, 0),
+        (
+            "bad magic",
+            |b| b[1] = b'X',
+            |k| *k == FormatError::BadMagic,
+            0,
+        ),
         (
             "newer major version",
             |b| b[8] = 2,
-            |k| matches!(k, FormatError::UnsupportedVersion { major: 2, supported: 1, .. }),
+            |k| {
+                matches!(
+                    k,
+                    FormatError::UnsupportedVersion {
+                        major: 2,
+                        supported: 1,
+                        ..
+                    }
+                )
+            },
             8,
         ),
         (
@@ -315,7 +343,15 @@ fn corrupt_headers_are_rejected_with_their_own_error() {
         (
             "reserved bytes set",
             |b| b[60] = 1,
-            |k| matches!(k, FormatError::Reserved { field: "reserved", .. }),
+            |k| {
+                matches!(
+                    k,
+                    FormatError::Reserved {
+                        field: "reserved",
+                        ..
+                    }
+                )
+            },
             60,
         ),
         (
@@ -333,7 +369,15 @@ fn corrupt_headers_are_rejected_with_their_own_error() {
         (
             "huge data length",
             |b| put_u64(b, 32, u64::MAX),
-            |k| matches!(k, FormatError::LengthMismatch { declared: u64::MAX, .. }),
+            |k| {
+                matches!(
+                    k,
+                    FormatError::LengthMismatch {
+                        declared: u64::MAX,
+                        ..
+                    }
+                )
+            },
             32,
         ),
     ];
@@ -342,8 +386,14 @@ fn corrupt_headers_are_rejected_with_their_own_error() {
         patch(&mut c);
         let e = load(c, true);
         assert!(ok(&format_kind(&e)), "{name}: {e}");
-        assert!(matches!(e, Error::Format { offset: o, .. } if o == offset), "{name}: {e}");
-        assert!(e.to_string().contains(&format!("byte {offset}")), "{name}: {e}");
+        assert!(
+            matches!(e, Error::Format { offset: o, .. } if o == offset),
+            "{name}: {e}"
+        );
+        assert!(
+            e.to_string().contains(&format!("byte {offset}")),
+            "{name}: {e}"
+        );
     }
 }
 
@@ -352,7 +402,10 @@ fn newer_version_message_tells_the_user_what_to_do() {
     let mut b = base();
     b[8] = 2;
     let msg = load(b, true).to_string();
-    assert!(msg.contains("version 2.0") && msg.contains("upgrade"), "{msg}");
+    assert!(
+        msg.contains("version 2.0") && msg.contains("upgrade"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -375,19 +428,132 @@ fn corrupt_tensor_entries_are_rejected() {
     let (dtype, rank, dim, off, len) = tensor_fields(&b, "fc.weight");
     let (.., off2, _) = tensor_fields(&b, "fc.bias");
     let data_len = le_u64(&b, 32);
-    let cases: Vec<(&str, Vec<u8>, fn(&FormatError) -> bool)> = vec![
-        ("unknown dtype", { let mut c = b.clone(); c[dtype] = 9; c }, |k| matches!(k, FormatError::UnknownDtype { code: 9, .. })),
-        ("rank 0", { let mut c = b.clone(); c[rank] = 0; c }, |k| matches!(k, FormatError::BadRank { rank: 0, .. })),
-        ("rank 200", { let mut c = b.clone(); c[rank] = 200; c }, |k| matches!(k, FormatError::BadRank { rank: 200, .. })),
-        ("zero dimension", { let mut c = b.clone(); put_u64(&mut c, dim, 0); c }, |k| matches!(k, FormatError::BadDimension { value: 0, .. })),
-        ("huge dimension", { let mut c = b.clone(); put_u64(&mut c, dim, 1 << 62); c }, |k| matches!(k, FormatError::BadDimension { .. })),
-        ("byte_len disagrees with shape", { let mut c = b.clone(); put_u64(&mut c, len, 20); c }, |k| matches!(k, FormatError::TensorSizeMismatch { expected: 24, declared: 20, .. })),
-        ("huge byte_len", { let mut c = b.clone(); put_u64(&mut c, len, u64::MAX); c }, |k| matches!(k, FormatError::TensorSizeMismatch { .. })),
-        ("offset past the end", { let mut c = b.clone(); put_u64(&mut c, off, (data_len + 64) & !63); c }, |k| matches!(k, FormatError::TensorOutOfBounds { .. })),
-        ("offset + len overflows", { let mut c = b.clone(); put_u64(&mut c, off, u64::MAX & !63); c }, |k| matches!(k, FormatError::TensorOutOfBounds { .. })),
-        ("misaligned offset", { let mut c = b.clone(); put_u64(&mut c, off, 4); c }, |k| matches!(k, FormatError::TensorMisaligned { offset: 4, .. })),
-        ("overlapping tensors", { let mut c = b.clone(); put_u64(&mut c, off2, 0); c }, |k| matches!(k, FormatError::TensorOverlap { .. })),
-        ("bad UTF-8 name", { let mut c = b.clone(); let at = dtype - 1; c[at] = 0xff; c }, |k| matches!(k, FormatError::BadUtf8 { what: "tensor name" })),
+    let cases: Vec<PatchCase> = vec![
+        (
+            "unknown dtype",
+            {
+                let mut c = b.clone();
+                c[dtype] = 9;
+                c
+            },
+            |k| matches!(k, FormatError::UnknownDtype { code: 9, .. }),
+        ),
+        (
+            "rank 0",
+            {
+                let mut c = b.clone();
+                c[rank] = 0;
+                c
+            },
+            |k| matches!(k, FormatError::BadRank { rank: 0, .. }),
+        ),
+        (
+            "rank 200",
+            {
+                let mut c = b.clone();
+                c[rank] = 200;
+                c
+            },
+            |k| matches!(k, FormatError::BadRank { rank: 200, .. }),
+        ),
+        (
+            "zero dimension",
+            {
+                let mut c = b.clone();
+                put_u64(&mut c, dim, 0);
+                c
+            },
+            |k| matches!(k, FormatError::BadDimension { value: 0, .. }),
+        ),
+        (
+            "huge dimension",
+            {
+                let mut c = b.clone();
+                put_u64(&mut c, dim, 1 << 62);
+                c
+            },
+            |k| matches!(k, FormatError::BadDimension { .. }),
+        ),
+        (
+            "byte_len disagrees with shape",
+            {
+                let mut c = b.clone();
+                put_u64(&mut c, len, 20);
+                c
+            },
+            |k| {
+                matches!(
+                    k,
+                    FormatError::TensorSizeMismatch {
+                        expected: 24,
+                        declared: 20,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "huge byte_len",
+            {
+                let mut c = b.clone();
+                put_u64(&mut c, len, u64::MAX);
+                c
+            },
+            |k| matches!(k, FormatError::TensorSizeMismatch { .. }),
+        ),
+        (
+            "offset past the end",
+            {
+                let mut c = b.clone();
+                put_u64(&mut c, off, (data_len + 64) & !63);
+                c
+            },
+            |k| matches!(k, FormatError::TensorOutOfBounds { .. }),
+        ),
+        (
+            "offset + len overflows",
+            {
+                let mut c = b.clone();
+                put_u64(&mut c, off, !63);
+                c
+            },
+            |k| matches!(k, FormatError::TensorOutOfBounds { .. }),
+        ),
+        (
+            "misaligned offset",
+            {
+                let mut c = b.clone();
+                put_u64(&mut c, off, 4);
+                c
+            },
+            |k| matches!(k, FormatError::TensorMisaligned { offset: 4, .. }),
+        ),
+        (
+            "overlapping tensors",
+            {
+                let mut c = b.clone();
+                put_u64(&mut c, off2, 0);
+                c
+            },
+            |k| matches!(k, FormatError::TensorOverlap { .. }),
+        ),
+        (
+            "bad UTF-8 name",
+            {
+                let mut c = b.clone();
+                let at = dtype - 1;
+                c[at] = 0xff;
+                c
+            },
+            |k| {
+                matches!(
+                    k,
+                    FormatError::BadUtf8 {
+                        what: "tensor name"
+                    }
+                )
+            },
+        ),
     ];
     for (name, c, ok) in cases {
         let e = load(c, true);
@@ -413,13 +579,77 @@ fn huge_claimed_counts_and_lengths_are_rejected_before_allocating() {
     let b = base();
     let tensor_count = after_string(&b, "corrupt-file tests");
     let layer_count = tensor_fields(&b, "bn.moving_variance").4 + 8 + 4;
-    let cases: Vec<(&str, Vec<u8>, fn(&FormatError) -> bool)> = vec![
-        ("metadata count u32::MAX", { let mut c = b.clone(); put_u32(&mut c, 64, u32::MAX); c }, |k| matches!(k, FormatError::TooMany { what: "metadata", .. })),
-        ("metadata count within limit but beyond the table", { let mut c = b.clone(); put_u32(&mut c, 64, 4000); c }, |k| matches!(k, FormatError::Truncated { what: "metadata" })),
-        ("metadata key length u32::MAX", { let mut c = b.clone(); put_u32(&mut c, 68, u32::MAX); c }, |k| matches!(k, FormatError::StringTooLong { what: "metadata key", .. })),
-        ("tensor count u32::MAX", { let mut c = b.clone(); put_u32(&mut c, tensor_count, u32::MAX); c }, |k| matches!(k, FormatError::TooMany { what: "tensor", .. })),
-        ("tensor count beyond the table", { let mut c = b.clone(); put_u32(&mut c, tensor_count, 60000); c }, |k| matches!(k, FormatError::Truncated { what: "tensor" })),
-        ("layer count u32::MAX", { let mut c = b.clone(); put_u32(&mut c, layer_count, u32::MAX); c }, |k| matches!(k, FormatError::TooMany { what: "layer", .. })),
+    let cases: Vec<PatchCase> = vec![
+        (
+            "metadata count u32::MAX",
+            {
+                let mut c = b.clone();
+                put_u32(&mut c, 64, u32::MAX);
+                c
+            },
+            |k| {
+                matches!(
+                    k,
+                    FormatError::TooMany {
+                        what: "metadata",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "metadata count within limit but beyond the table",
+            {
+                let mut c = b.clone();
+                put_u32(&mut c, 64, 4000);
+                c
+            },
+            |k| matches!(k, FormatError::Truncated { what: "metadata" }),
+        ),
+        (
+            "metadata key length u32::MAX",
+            {
+                let mut c = b.clone();
+                put_u32(&mut c, 68, u32::MAX);
+                c
+            },
+            |k| {
+                matches!(
+                    k,
+                    FormatError::StringTooLong {
+                        what: "metadata key",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "tensor count u32::MAX",
+            {
+                let mut c = b.clone();
+                put_u32(&mut c, tensor_count, u32::MAX);
+                c
+            },
+            |k| matches!(k, FormatError::TooMany { what: "tensor", .. }),
+        ),
+        (
+            "tensor count beyond the table",
+            {
+                let mut c = b.clone();
+                put_u32(&mut c, tensor_count, 60000);
+                c
+            },
+            |k| matches!(k, FormatError::Truncated { what: "tensor" }),
+        ),
+        (
+            "layer count u32::MAX",
+            {
+                let mut c = b.clone();
+                put_u32(&mut c, layer_count, u32::MAX);
+                c
+            },
+            |k| matches!(k, FormatError::TooMany { what: "layer", .. }),
+        ),
     ];
     for (name, c, ok) in cases {
         let e = load(c, true);
@@ -433,13 +663,82 @@ fn corrupt_layer_entries_are_rejected() {
     let fc = after_string(&b, "fc");
     let bn = after_string(&b, "bn");
     let relu = after_string(&b, "relu");
-    let cases: Vec<(&str, Vec<u8>, fn(&FormatError) -> bool)> = vec![
-        ("unknown layer kind", { let mut c = b.clone(); c[fc] = 42; c }, |k| matches!(k, FormatError::UnknownLayerKind { index: 0, code: 42 })),
-        ("unknown activation", { let mut c = b.clone(); c[relu + 1] = 99; c }, |k| matches!(k, FormatError::UnknownActivation { index: 2, code: 99 })),
-        ("parameter on relu", { let mut c = b.clone(); c[relu + 5] = 1; c }, |k| matches!(k, FormatError::Reserved { field: "activation parameter", .. })),
-        ("weight index out of range", { let mut c = b.clone(); put_u32(&mut c, fc + 9, 77); c }, |k| matches!(k, FormatError::BadTensorIndex { field: "dense weight", tensor_index: 77, .. })),
-        ("mean index out of range", { let mut c = b.clone(); put_u32(&mut c, bn + 1 + 4 + 8 + 8, 6); c }, |k| matches!(k, FormatError::BadTensorIndex { field: "batchnorm moving_mean", .. })),
-        ("trailing bytes", with_table_cut(&b, le_u64(&b, 16) as usize + 3), |k| matches!(k, FormatError::TrailingBytes { count: 3 })),
+    let cases: Vec<PatchCase> = vec![
+        (
+            "unknown layer kind",
+            {
+                let mut c = b.clone();
+                c[fc] = 42;
+                c
+            },
+            |k| matches!(k, FormatError::UnknownLayerKind { index: 0, code: 42 }),
+        ),
+        (
+            "unknown activation",
+            {
+                let mut c = b.clone();
+                c[relu + 1] = 99;
+                c
+            },
+            |k| matches!(k, FormatError::UnknownActivation { index: 2, code: 99 }),
+        ),
+        (
+            "parameter on relu",
+            {
+                let mut c = b.clone();
+                c[relu + 5] = 1;
+                c
+            },
+            |k| {
+                matches!(
+                    k,
+                    FormatError::Reserved {
+                        field: "activation parameter",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "weight index out of range",
+            {
+                let mut c = b.clone();
+                put_u32(&mut c, fc + 9, 77);
+                c
+            },
+            |k| {
+                matches!(
+                    k,
+                    FormatError::BadTensorIndex {
+                        field: "dense weight",
+                        tensor_index: 77,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "mean index out of range",
+            {
+                let mut c = b.clone();
+                put_u32(&mut c, bn + 1 + 4 + 8 + 8, 6);
+                c
+            },
+            |k| {
+                matches!(
+                    k,
+                    FormatError::BadTensorIndex {
+                        field: "batchnorm moving_mean",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "trailing bytes",
+            with_table_cut(&b, le_u64(&b, 16) as usize + 3),
+            |k| matches!(k, FormatError::TrailingBytes { count: 3 }),
+        ),
     ];
     for (name, c, ok) in cases {
         let e = load(c, true);
@@ -450,7 +749,8 @@ fn corrupt_layer_entries_are_rejected() {
 /// A network with one layer changed, for the model-level (layer) errors.
 fn with_bn(gamma: &[f32], mean: &[f32], var: &[f32], eps: f64) -> Vec<u8> {
     let mut w = Writer::new(3);
-    w.add_dense("fc", DType::F32, 3, 3, &[0.5; 9], None).unwrap();
+    w.add_dense("fc", DType::F32, 3, 3, &[0.5; 9], None)
+        .unwrap();
     w.add_batch_norm("bn1", DType::F32, eps, Some(gamma), None, mean, var)
         .unwrap();
     w.to_bytes().unwrap()
@@ -461,19 +761,76 @@ fn impossible_statistics_name_the_layer_and_feature() {
     let ok = [1.0f32; 3];
     type Case<'a> = (&'a str, Vec<u8>, fn(&LayerError) -> bool);
     let cases: Vec<Case> = vec![
-        ("NaN variance", with_bn(&ok, &ok, &[1.0, f32::NAN, 1.0], 1e-3), |k| matches!(k, LayerError::NonFinite { role: "moving_variance", position: 1, .. })),
-        ("infinite mean", with_bn(&ok, &[1.0, 1.0, f32::INFINITY], &ok, 1e-3), |k| matches!(k, LayerError::NonFinite { role: "moving_mean", position: 2, .. })),
-        ("NaN gamma", with_bn(&[f32::NAN, 1.0, 1.0], &ok, &ok, 1e-3), |k| matches!(k, LayerError::NonFinite { role: "gamma", position: 0, .. })),
-        ("negative variance", with_bn(&ok, &ok, &[1.0, 1.0, -0.5], 1e-3), |k| matches!(k, LayerError::NegativeVariance { feature: 2, value } if *value == -0.5)),
-        ("var + eps = 0", with_bn(&ok, &ok, &[1.0, 0.0, 1.0], 0.0), |k| matches!(k, LayerError::NonPositiveDenominator { feature: 1, .. })),
-        ("NaN eps", with_bn(&ok, &ok, &ok, f64::NAN), |k| matches!(k, LayerError::BadEps(_))),
-        ("negative eps", with_bn(&ok, &ok, &ok, -1e-3), |k| matches!(k, LayerError::BadEps(_))),
+        (
+            "NaN variance",
+            with_bn(&ok, &ok, &[1.0, f32::NAN, 1.0], 1e-3),
+            |k| {
+                matches!(
+                    k,
+                    LayerError::NonFinite {
+                        role: "moving_variance",
+                        position: 1,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "infinite mean",
+            with_bn(&ok, &[1.0, 1.0, f32::INFINITY], &ok, 1e-3),
+            |k| {
+                matches!(
+                    k,
+                    LayerError::NonFinite {
+                        role: "moving_mean",
+                        position: 2,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "NaN gamma",
+            with_bn(&[f32::NAN, 1.0, 1.0], &ok, &ok, 1e-3),
+            |k| {
+                matches!(
+                    k,
+                    LayerError::NonFinite {
+                        role: "gamma",
+                        position: 0,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "negative variance",
+            with_bn(&ok, &ok, &[1.0, 1.0, -0.5], 1e-3),
+            |k| matches!(k, LayerError::NegativeVariance { feature: 2, value } if *value == -0.5),
+        ),
+        (
+            "var + eps = 0",
+            with_bn(&ok, &ok, &[1.0, 0.0, 1.0], 0.0),
+            |k| matches!(k, LayerError::NonPositiveDenominator { feature: 1, .. }),
+        ),
+        ("NaN eps", with_bn(&ok, &ok, &ok, f64::NAN), |k| {
+            matches!(k, LayerError::BadEps(_))
+        }),
+        ("negative eps", with_bn(&ok, &ok, &ok, -1e-3), |k| {
+            matches!(k, LayerError::BadEps(_))
+        }),
     ];
     for (name, bytes, ok) in cases {
         let e = Model::from_bytes(&bytes).unwrap_err();
         assert!(ok(&layer_kind(&e)), "{name}: {e}");
-        assert!(matches!(&e, Error::Layer { index: 1, name, .. } if name == "bn1"), "{name}: {e}");
-        assert!(e.to_string().starts_with("layer 1 (BatchNorm 'bn1')"), "{e}");
+        assert!(
+            matches!(&e, Error::Layer { index: 1, name, .. } if name == "bn1"),
+            "{name}: {e}"
+        );
+        assert!(
+            e.to_string().starts_with("layer 1 (BatchNorm 'bn1')"),
+            "{e}"
+        );
     }
     // Zero variance with a positive eps is fine (a feature that never varied).
     Model::from_bytes(&with_bn(&ok, &ok, &[0.0, 1.0, 1.0], 1e-5)).unwrap();
@@ -486,7 +843,14 @@ fn nan_weights_are_rejected_with_their_position() {
         .unwrap();
     let e = Model::from_bytes(&w.to_bytes().unwrap()).unwrap_err();
     assert!(
-        matches!(layer_kind(&e), LayerError::NonFinite { role: "weight", position: 2, .. }),
+        matches!(
+            layer_kind(&e),
+            LayerError::NonFinite {
+                role: "weight",
+                position: 2,
+                ..
+            }
+        ),
         "{e}"
     );
 }
@@ -495,7 +859,8 @@ fn nan_weights_are_rejected_with_their_position() {
 fn shapes_that_do_not_chain_are_rejected() {
     // Dense expects 4 inputs but the network's input is 3.
     let mut w = Writer::new(3);
-    w.add_dense("fc", DType::F32, 2, 4, &[0.0; 8], None).unwrap();
+    w.add_dense("fc", DType::F32, 2, 4, &[0.0; 8], None)
+        .unwrap();
     let e = Model::from_bytes(&w.to_bytes().unwrap()).unwrap_err();
     assert_eq!(
         layer_kind(&e),
@@ -535,10 +900,18 @@ fn softmax_must_be_last_and_leaky_slope_finite() {
     let e = Model::from_bytes(&w.to_bytes().unwrap()).unwrap_err();
     assert_eq!(layer_kind(&e), LayerError::SoftmaxNotLast);
     let mut w = Writer::new(2);
-    w.activation("lr", Activation::LeakyRelu { alpha: f32::INFINITY })
-        .unwrap();
+    w.activation(
+        "lr",
+        Activation::LeakyRelu {
+            alpha: f32::INFINITY,
+        },
+    )
+    .unwrap();
     let e = Model::from_bytes(&w.to_bytes().unwrap()).unwrap_err();
-    assert!(matches!(layer_kind(&e), LayerError::BadActivationParam(_)), "{e}");
+    assert!(
+        matches!(layer_kind(&e), LayerError::BadActivationParam(_)),
+        "{e}"
+    );
 }
 
 #[test]
@@ -548,7 +921,9 @@ fn random_garbage_and_short_buffers_never_panic() {
     for len in 0..300 {
         let buf: Vec<u8> = (0..len)
             .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 (state >> 33) as u8
             })
             .collect();
@@ -558,7 +933,10 @@ fn random_garbage_and_short_buffers_never_panic() {
     // Prefixes of a valid file with the magic intact.
     let b = base();
     for len in 0..b.len() {
-        assert!(Model::from_bytes(&b[..len]).is_err(), "prefix {len} accepted");
+        assert!(
+            Model::from_bytes(&b[..len]).is_err(),
+            "prefix {len} accepted"
+        );
     }
     let _ = le_u32(&b, 0);
 }

@@ -69,7 +69,8 @@ pub fn network(input: usize, layers: &[L], seed: u64, dtype: DType, stats: Stats
                 let weight = uniform(&mut rng, out * width, -s, s);
                 let bias = uniform(&mut rng, out, -0.5, 0.5);
                 let bias = matches!(layer, L::Dense(_)).then_some(&bias[..]);
-                w.add_dense(&name, dtype, out, width, &weight, bias).unwrap();
+                w.add_dense(&name, dtype, out, width, &weight, bias)
+                    .unwrap();
                 width = out;
             }
             L::Bn | L::BnBare => {
