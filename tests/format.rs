@@ -940,3 +940,47 @@ fn random_garbage_and_short_buffers_never_panic() {
     }
     let _ = le_u32(&b, 0);
 }
+
+/// The worked example in docs/FORMAT.md ("Example" section): its sizes and offsets are asserted here
+/// so the document cannot drift from the writer.
+#[test]
+fn format_md_worked_example_matches_the_writer() {
+    let mut w = Writer::new(2);
+    w.metadata("producer", "example");
+    w.add_dense(
+        "fc",
+        DType::F32,
+        3,
+        2,
+        &[1., 2., 3., 4., 5., 6.],
+        Some(&[0.1, 0.2, 0.3]),
+    )
+    .unwrap();
+    w.add_batch_norm(
+        "bn",
+        DType::F32,
+        1e-3,
+        Some(&[1.0; 3]),
+        Some(&[0.0; 3]),
+        &[0.0; 3],
+        &[1.0; 3],
+    )
+    .unwrap();
+    w.activation("relu", Activation::Relu).unwrap();
+    let b = w.to_bytes().unwrap();
+    let m = Model::from_bytes(&b).unwrap();
+    let h = m.header();
+    let offsets: Vec<u64> = m
+        .tensors()
+        .iter()
+        .map(|t| t.file_offset as u64 - h.data_offset)
+        .collect();
+    assert_eq!(
+        (h.table_len, h.data_offset, h.data_len, b.len()),
+        (EXAMPLE.0, EXAMPLE.1, EXAMPLE.2, EXAMPLE.3)
+    );
+    assert_eq!(offsets, vec![0, 64, 128, 192, 256, 320]);
+}
+
+/// (table_len, data_offset, data_len, file length) of the FORMAT.md example.
+const EXAMPLE: (u64, u64, u64, usize) = (362, 448, 332, 780);
