@@ -212,7 +212,8 @@ impl Model {
         &self.parsed.header
     }
 
-    /// Zero-copy view of tensor `index`.
+    /// Zero-copy view of tensor `index` (an index into [`Model::tensors`]; panics if out of range,
+    /// like slice indexing).
     ///
     /// Errors only where the bytes cannot be viewed in place (a big-endian host); the reader has
     /// already proved the range in bounds and 64-byte aligned relative to a 64-byte aligned buffer.
