@@ -1,5 +1,6 @@
 //! The `bnfold` command line: a thin layer of argument parsing and printing over the library.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -49,6 +50,10 @@ enum Command {
         /// The CSV input starts with a header line.
         #[arg(long)]
         header: bool,
+        /// Print the index of the largest output of each row (the predicted class) instead of the
+        /// outputs.
+        #[arg(long, conflicts_with = "output")]
+        argmax: bool,
     },
     /// Compare folded, unfolded and an f64 reference, layer by layer.
     Verify {
@@ -108,7 +113,8 @@ fn main() -> ExitCode {
             output,
             unfolded,
             header,
-        } => run(&file, &input, output.as_deref(), unfolded, header),
+            argmax,
+        } => run(&file, &input, output.as_deref(), unfolded, header, argmax),
         Command::Verify {
             file,
             input,
@@ -270,6 +276,7 @@ fn run(
     output: Option<&Path>,
     unfolded: bool,
     header: bool,
+    argmax: bool,
 ) -> CliResult {
     let model = Model::load(file)?;
     let x = read_matrix(input, header)?;
@@ -283,6 +290,17 @@ fn run(
     drop(model);
     let mut session = plan.session();
     let y = session.run(&x.data, x.rows)?;
+    if argmax {
+        let mut stdout = std::io::stdout().lock();
+        for row in y.chunks_exact(plan.output_features()) {
+            // total_cmp orders NaN above everything, so a NaN row reports where its NaN is.
+            let best = (0..row.len())
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+                .unwrap_or(0);
+            writeln!(stdout, "{best}")?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let out = Matrix {
         rows: x.rows,
         cols: plan.output_features(),

@@ -249,3 +249,27 @@ fn bad_arguments_exit_with_usage_error() {
     let o = bnfold(&["--help"]);
     assert!(o.status.success() && stdout(&o).contains("inspect"));
 }
+
+#[test]
+fn run_argmax_prints_the_predicted_class_of_each_row() {
+    let f = fixture();
+    let o = bnfold(&["run", p(&f.model), "-i", p(&f.csv), "--argmax"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan = Model::load(&f.model)
+        .unwrap()
+        .compile(&Options::folded())
+        .unwrap();
+    let y = plan
+        .session()
+        .run(&[0.5, -1.0, 2.0, 0.25, 1.0, 2.0, 3.0, 4.0], 2)
+        .unwrap()
+        .to_vec();
+    let want: Vec<String> = y
+        .chunks(3)
+        .map(|r| {
+            let m = r.iter().cloned().fold(f32::MIN, f32::max);
+            r.iter().position(|&v| v == m).unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(stdout(&o).lines().collect::<Vec<_>>(), want);
+}
