@@ -288,9 +288,14 @@ fn folded_weights_are_rounded_once_from_f64() {
     // A single Dense -> BN: each folded weight must be exactly the f64 product rounded to f32.
     let bytes = network(3, &[L::Dense(2), L::Bn], 80, DType::F32, Stats::default());
     let model = Model::from_bytes(&bytes).unwrap();
-    let pre = None;
-    let post = bnfold::fold::Affine::of_batch_norm(&model, 1).unwrap();
-    let f = bnfold::fold::fold_dense(&model, 0, pre, Some(&post)).unwrap();
+    use bnfold::model::LayerView;
+    let (LayerView::Dense(dense), LayerView::BatchNorm(bn)) =
+        (model.layer_view(0).unwrap(), model.layer_view(1).unwrap())
+    else {
+        panic!("layers 0 and 1 are Dense and BatchNorm");
+    };
+    let post = bnfold::fold::Affine::of_batch_norm(&bn);
+    let f = bnfold::fold::fold_dense(&dense, None, Some(&post)).unwrap();
     let w = model.tensor_data(0).unwrap().to_f64_vec();
     let b = model.tensor_data(1).unwrap().to_f64_vec();
     let g = model.tensor_data(2).unwrap().to_f64_vec();
