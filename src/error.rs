@@ -37,8 +37,8 @@ pub enum Error {
         name: String,
         /// "Dense", "BatchNorm" or "Activation".
         kind_name: &'static str,
-        /// What was wrong.
-        kind: LayerError,
+        /// What was wrong (boxed: it is rare, and keeps `Result`s small).
+        kind: Box<LayerError>,
     },
     /// Input handed to a plan or session does not match the network.
     #[error("input: {0}")]
@@ -404,7 +404,7 @@ impl Error {
     /// The layer error kind, if this is a layer error.
     pub fn layer_kind(&self) -> Option<&LayerError> {
         match self {
-            Error::Layer { kind, .. } => Some(kind),
+            Error::Layer { kind, .. } => Some(&**kind),
             _ => None,
         }
     }

@@ -10,9 +10,8 @@
 //! Both may apply to one dense layer; everything is computed in f64 from the stored values and
 //! rounded to f32 once, so the folded weights carry one rounding error each.
 
-use crate::error::{Error, LayerError, Result};
-use crate::format::LayerKind;
-use crate::model::Model;
+use crate::error::LayerError;
+use crate::model::{BatchNormView, DenseView};
 
 /// A per-feature affine map `y = scale * x + shift`, in f64.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,37 +23,19 @@ pub struct Affine {
 }
 
 impl Affine {
-    /// The affine map of BN layer `index` of `model` (which must be a BatchNorm layer).
+    /// The affine map of a BN layer.
     ///
     /// The model has validated the statistics (finite, `var + eps > 0`), so `scale` is finite
     /// unless `gamma / sqrt(var + eps)` overflows f64, which needs `var + eps` below 1e-600 and
     /// cannot happen for values stored as f32 or narrower.
-    pub fn of_batch_norm(model: &Model, index: usize) -> Result<Affine> {
-        let LayerKind::BatchNorm {
-            features,
-            eps,
-            gamma,
-            beta,
-            moving_mean,
-            moving_variance,
-        } = model.layers()[index].kind
-        else {
-            unreachable!("Affine::of_batch_norm called on a non-BN layer (a bug in the caller)");
-        };
-        let gamma = gamma.map(|t| model.tensor_data(t)).transpose()?;
-        let beta = beta.map(|t| model.tensor_data(t)).transpose()?;
-        let mean = model.tensor_data(moving_mean)?;
-        let var = model.tensor_data(moving_variance)?;
-        let mut scale = Vec::with_capacity(features);
-        let mut shift = Vec::with_capacity(features);
-        for j in 0..features {
-            let g = gamma.map_or(1.0, |g| g.get_f64(j));
-            let b = beta.map_or(0.0, |b| b.get_f64(j));
-            let s = g / (var.get_f64(j) + eps).sqrt();
-            scale.push(s);
-            shift.push(b - mean.get_f64(j) * s);
-        }
-        Ok(Affine { scale, shift })
+    pub fn of_batch_norm(bn: &BatchNormView) -> Affine {
+        let (scale, shift) = (0..bn.features)
+            .map(|j| {
+                let s = bn.gamma_f64(j) / (bn.moving_variance.get_f64(j) + bn.eps).sqrt();
+                (s, bn.beta_f64(j) - bn.moving_mean.get_f64(j) * s)
+            })
+            .unzip();
+        Affine { scale, shift }
     }
 
     /// `then ∘ self`: apply `self`, then `then`.
@@ -97,35 +78,24 @@ pub struct FoldedDense {
     pub bias: Vec<f32>,
 }
 
-/// Fold an optional BN before (`pre`, over the inputs) and after (`post`, over the outputs) into
-/// dense layer `index` of `model`.
+/// Fold an optional BN before (`pre`, over the inputs) and after (`post`, over the outputs) into a
+/// dense layer.
 ///
-/// Returns an error naming the layer and output feature when a folded value overflows f32 (large
-/// weights times a huge `1 / sqrt(var + eps)`), rather than running with infinities.
+/// Fails with [`LayerError::FoldOverflow`] naming the output feature when a folded value overflows
+/// f32 (large weights times a huge `1 / sqrt(var + eps)`), rather than running with infinities.
 pub fn fold_dense(
-    model: &Model,
-    index: usize,
+    dense: &DenseView,
     pre: Option<&Affine>,
     post: Option<&Affine>,
-) -> Result<FoldedDense> {
-    let LayerKind::Dense {
-        inputs,
-        outputs,
-        weight,
-        bias,
-    } = model.layers()[index].kind
-    else {
-        unreachable!("fold_dense called on a non-dense layer (a bug in the caller)");
-    };
-    let w = model.tensor_data(weight)?;
-    let b = bias.map(|t| model.tensor_data(t)).transpose()?;
+) -> Result<FoldedDense, LayerError> {
+    let (inputs, outputs) = (dense.inputs, dense.outputs);
     let mut weight = Vec::with_capacity(outputs * inputs);
     let mut bias = Vec::with_capacity(outputs);
     let mut row = vec![0f64; inputs];
     for o in 0..outputs {
-        let mut acc = b.map_or(0.0, |b| b.get_f64(o));
+        let mut acc = dense.bias_f64(o);
         for (i, r) in row.iter_mut().enumerate() {
-            *r = w.get_f64(o * inputs + i);
+            *r = dense.weight.get_f64(o * inputs + i);
         }
         if let Some(pre) = pre {
             for (i, r) in row.iter_mut().enumerate() {
@@ -141,15 +111,8 @@ pub fn fold_dense(
         let start = weight.len();
         weight.extend(row.iter().map(|&v| v as f32));
         bias.push(acc as f32);
-        let overflow = !(acc as f32).is_finite() || weight[start..].iter().any(|v| !v.is_finite());
-        if overflow {
-            let l = &model.layers()[index];
-            return Err(Error::Layer {
-                index,
-                name: l.name.clone(),
-                kind_name: "Dense",
-                kind: LayerError::FoldOverflow { feature: o },
-            });
+        if !(acc as f32).is_finite() || weight[start..].iter().any(|v| !v.is_finite()) {
+            return Err(LayerError::FoldOverflow { feature: o });
         }
     }
     Ok(FoldedDense {

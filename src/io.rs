@@ -64,7 +64,9 @@ fn read_npy(path: &Path) -> Result<Matrix> {
         usize::try_from(rows).map_err(|_| other(path, "too many rows"))?,
         usize::try_from(cols).map_err(|_| other(path, "too many columns"))?,
     );
-    let data: Vec<f32> = match npy.dtype().descr().as_str() {
+    // `descr()` is the Python literal, quotes included: '<f4'.
+    let descr = npy.dtype().descr();
+    let data: Vec<f32> = match descr.trim_matches('\'') {
         "<f4" => npy.into_vec::<f32>(),
         "<f8" => npy
             .into_vec::<f64>()
@@ -86,6 +88,7 @@ fn read_npy(path: &Path) -> Result<Matrix> {
 fn read_csv(path: &Path, header: bool) -> Result<Matrix> {
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(header)
+        .flexible(true)
         .trim(csv::Trim::All)
         .from_path(path)
         .map_err(|e| other(path, e))?;

@@ -27,3 +27,8 @@ pub use error::{Error, FormatError, InputError, LayerError, Result};
 pub use format::{Activation, DType};
 pub use model::{LoadMode, Model};
 pub use plan::{Mode, Options, Plan, Session};
+
+/// The README's library example, compiled and run as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,5 +1,6 @@
 //! The `bnfold` command line: a thin layer of argument parsing and printing over the library.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -49,6 +50,10 @@ enum Command {
         /// The CSV input starts with a header line.
         #[arg(long)]
         header: bool,
+        /// Print the index of the largest output of each row (the predicted class) instead of the
+        /// outputs.
+        #[arg(long, conflicts_with = "output")]
+        argmax: bool,
     },
     /// Compare folded, unfolded and an f64 reference, layer by layer.
     Verify {
@@ -92,14 +97,13 @@ fn main() -> ExitCode {
             };
         }
     };
-    if let Some(n) = cli.threads {
-        if let Err(e) = rayon::ThreadPoolBuilder::new()
+    if let Some(n) = cli.threads
+        && let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(n as usize)
             .build_global()
-        {
-            eprintln!("bnfold: cannot start {n} threads: {e}");
-            return ExitCode::FAILURE;
-        }
+    {
+        eprintln!("bnfold: cannot start {n} threads: {e}");
+        return ExitCode::FAILURE;
     }
     let result = match cli.command {
         Command::Inspect { file, json } => inspect(&file, json),
@@ -109,7 +113,8 @@ fn main() -> ExitCode {
             output,
             unfolded,
             header,
-        } => run(&file, &input, output.as_deref(), unfolded, header),
+            argmax,
+        } => run(&file, &input, output.as_deref(), unfolded, header, argmax),
         Command::Verify {
             file,
             input,
@@ -271,6 +276,7 @@ fn run(
     output: Option<&Path>,
     unfolded: bool,
     header: bool,
+    argmax: bool,
 ) -> CliResult {
     let model = Model::load(file)?;
     let x = read_matrix(input, header)?;
@@ -284,6 +290,17 @@ fn run(
     drop(model);
     let mut session = plan.session();
     let y = session.run(&x.data, x.rows)?;
+    if argmax {
+        let mut stdout = std::io::stdout().lock();
+        for row in y.chunks_exact(plan.output_features()) {
+            // total_cmp orders NaN above everything, so a NaN row reports where its NaN is.
+            let best = (0..row.len())
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+                .unwrap_or(0);
+            writeln!(stdout, "{best}")?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let out = Matrix {
         rows: x.rows,
         cols: plan.output_features(),

@@ -118,6 +118,66 @@ impl TensorData<'_> {
     }
 }
 
+/// A dense layer with its tensors resolved to views.
+#[derive(Debug, Clone, Copy)]
+pub struct DenseView<'a> {
+    /// Input features.
+    pub inputs: usize,
+    /// Output features.
+    pub outputs: usize,
+    /// Weights, `[outputs, inputs]` row-major.
+    pub weight: TensorData<'a>,
+    /// Bias, `[outputs]`, if the layer has one.
+    pub bias: Option<TensorData<'a>>,
+}
+
+impl DenseView<'_> {
+    /// Bias of output `o` in f64 (0 when the layer has no bias).
+    pub fn bias_f64(&self, o: usize) -> f64 {
+        self.bias.map_or(0.0, |b| b.get_f64(o))
+    }
+}
+
+/// A batch-normalisation layer with its tensors resolved to views.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchNormView<'a> {
+    /// Features normalised.
+    pub features: usize,
+    /// Epsilon, as stored.
+    pub eps: f64,
+    /// Scale, if present.
+    pub gamma: Option<TensorData<'a>>,
+    /// Shift, if present.
+    pub beta: Option<TensorData<'a>>,
+    /// EMA of the batch means.
+    pub moving_mean: TensorData<'a>,
+    /// EMA of the batch variances.
+    pub moving_variance: TensorData<'a>,
+}
+
+impl BatchNormView<'_> {
+    /// gamma of feature `j` in f64 (1 when absent).
+    pub fn gamma_f64(&self, j: usize) -> f64 {
+        self.gamma.map_or(1.0, |g| g.get_f64(j))
+    }
+
+    /// beta of feature `j` in f64 (0 when absent).
+    pub fn beta_f64(&self, j: usize) -> f64 {
+        self.beta.map_or(0.0, |b| b.get_f64(j))
+    }
+}
+
+/// A layer with its tensors resolved, as returned by [`Model::layer_view`].
+#[derive(Debug, Clone, Copy)]
+pub enum LayerView<'a> {
+    /// A dense layer.
+    Dense(DenseView<'a>),
+    /// A batch-normalisation layer.
+    BatchNorm(BatchNormView<'a>),
+    /// An activation.
+    Activation(Activation),
+}
+
 impl Model {
     /// Memory-map `path`, verify and validate it.
     ///
@@ -212,7 +272,8 @@ impl Model {
         &self.parsed.header
     }
 
-    /// Zero-copy view of tensor `index`.
+    /// Zero-copy view of tensor `index` (an index into [`Model::tensors`]; panics if out of range,
+    /// like slice indexing).
     ///
     /// Errors only where the bytes cannot be viewed in place (a big-endian host); the reader has
     /// already proved the range in bounds and 64-byte aligned relative to a 64-byte aligned buffer.
@@ -241,13 +302,48 @@ impl Model {
         })
     }
 
-    fn layer_err(&self, index: usize, kind: LayerError) -> Error {
+    /// Layer `index` with its tensors resolved (panics if `index >= layers().len()`).
+    pub fn layer_view(&self, index: usize) -> Result<LayerView<'_>> {
+        let opt = |t: Option<usize>| t.map(|t| self.tensor_data(t)).transpose();
+        Ok(match self.parsed.layers[index].kind {
+            LayerKind::Dense {
+                inputs,
+                outputs,
+                weight,
+                bias,
+            } => LayerView::Dense(DenseView {
+                inputs,
+                outputs,
+                weight: self.tensor_data(weight)?,
+                bias: opt(bias)?,
+            }),
+            LayerKind::BatchNorm {
+                features,
+                eps,
+                gamma,
+                beta,
+                moving_mean,
+                moving_variance,
+            } => LayerView::BatchNorm(BatchNormView {
+                features,
+                eps,
+                gamma: opt(gamma)?,
+                beta: opt(beta)?,
+                moving_mean: self.tensor_data(moving_mean)?,
+                moving_variance: self.tensor_data(moving_variance)?,
+            }),
+            LayerKind::Activation(a) => LayerView::Activation(a),
+        })
+    }
+
+    /// An error about layer `index`, carrying its name and kind.
+    pub(crate) fn layer_err(&self, index: usize, kind: LayerError) -> Error {
         let l = &self.parsed.layers[index];
         Error::Layer {
             index,
             name: l.name.clone(),
             kind_name: l.kind.kind_name(),
-            kind,
+            kind: Box::new(kind),
         }
     }
 
@@ -382,12 +478,10 @@ impl Model {
                     }
                 }
                 LayerKind::Activation(a) => {
-                    if let Activation::LeakyRelu { alpha } = a {
-                        if !alpha.is_finite() {
-                            return Err(
-                                self.layer_err(index, LayerError::BadActivationParam(alpha))
-                            );
-                        }
+                    if let Activation::LeakyRelu { alpha } = a
+                        && !alpha.is_finite()
+                    {
+                        return Err(self.layer_err(index, LayerError::BadActivationParam(alpha)));
                     }
                     if a == Activation::Softmax && index + 1 != n {
                         return Err(self.layer_err(index, LayerError::SoftmaxNotLast));

@@ -6,9 +6,9 @@
 
 use crate::error::{InputError, Result};
 use crate::fold::{Affine, fold_dense};
-use crate::format::{Activation, LayerKind};
+use crate::format::Activation;
 use crate::kernels::{self, DenseKernel, EpilogueOp, KernelChoice};
-use crate::model::Model;
+use crate::model::{LayerView, Model};
 
 /// Which computation a plan performs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -131,51 +131,44 @@ impl Model {
     fn unfolded_steps(&self, choice: KernelChoice) -> Result<Vec<Step>> {
         let mut steps = Vec::with_capacity(self.layers().len());
         let mut width = self.input_features();
-        for (index, layer) in self.layers().iter().enumerate() {
-            let op = match layer.kind {
-                LayerKind::Dense {
-                    inputs,
-                    outputs,
-                    weight,
-                    bias,
-                } => {
-                    let w = self.tensor_data(weight)?.to_f32_vec();
-                    let b = match bias {
-                        Some(t) => self.tensor_data(t)?.to_f32_vec(),
-                        None => vec![0.0; outputs],
+        for index in 0..self.layers().len() {
+            let op = match self.layer_view(index)? {
+                LayerView::Dense(d) => {
+                    let bias = match d.bias {
+                        Some(b) => b.to_f32_vec(),
+                        None => vec![0.0; d.outputs],
                     };
-                    width = outputs;
+                    width = d.outputs;
                     Op::Dense {
-                        kernel: DenseKernel::with_choice(inputs, outputs, &w, &b, choice),
+                        kernel: DenseKernel::with_choice(
+                            d.inputs,
+                            d.outputs,
+                            &d.weight.to_f32_vec(),
+                            &bias,
+                            choice,
+                        ),
                         epilogue: Vec::new(),
                     }
                 }
-                LayerKind::BatchNorm {
-                    features,
-                    eps,
-                    gamma,
-                    beta,
-                    moving_mean,
-                    moving_variance,
-                } => {
-                    let vec_or = |t: Option<usize>, fill: f32| -> Result<Vec<f32>> {
-                        Ok(match t {
-                            Some(t) => self.tensor_data(t)?.to_f32_vec(),
-                            None => vec![fill; features],
-                        })
-                    };
-                    let var = self.tensor_data(moving_variance)?.to_f32_vec();
-                    // As frameworks compute it: eps is added in the working precision, f32.
-                    let denom = var.iter().map(|&v| (v + eps as f32).sqrt()).collect();
+                LayerView::BatchNorm(bn) => {
+                    let n = bn.features;
+                    // Exactly as frameworks compute it: stored values widened to f32, eps added
+                    // in f32, the square root taken once per feature.
+                    let denom = bn
+                        .moving_variance
+                        .to_f32_vec()
+                        .iter()
+                        .map(|&v| (v + bn.eps as f32).sqrt())
+                        .collect();
                     Op::Elementwise(vec![EpilogueOp::BatchNorm {
-                        gamma: vec_or(gamma, 1.0)?,
-                        beta: vec_or(beta, 0.0)?,
-                        mean: self.tensor_data(moving_mean)?.to_f32_vec(),
+                        gamma: bn.gamma.map_or_else(|| vec![1.0; n], |g| g.to_f32_vec()),
+                        beta: bn.beta.map_or_else(|| vec![0.0; n], |b| b.to_f32_vec()),
+                        mean: bn.moving_mean.to_f32_vec(),
                         denom,
                     }])
                 }
-                LayerKind::Activation(Activation::Softmax) => Op::Softmax,
-                LayerKind::Activation(a) => Op::Elementwise(vec![EpilogueOp::Act(a)]),
+                LayerView::Activation(Activation::Softmax) => Op::Softmax,
+                LayerView::Activation(a) => Op::Elementwise(vec![EpilogueOp::Act(a)]),
             };
             steps.push(Step {
                 op,
@@ -189,11 +182,11 @@ impl Model {
     fn folded_steps(&self, choice: KernelChoice) -> Result<Vec<Step>> {
         // 1. Tokens, with runs of consecutive BN layers composed into one affine map.
         let mut tokens: Vec<Token> = Vec::with_capacity(self.layers().len());
-        for (index, layer) in self.layers().iter().enumerate() {
-            match layer.kind {
-                LayerKind::Dense { .. } => tokens.push(Token::Dense(index)),
-                LayerKind::BatchNorm { .. } => {
-                    let a = Affine::of_batch_norm(self, index)?;
+        for index in 0..self.layers().len() {
+            match self.layer_view(index)? {
+                LayerView::Dense(_) => tokens.push(Token::Dense(index)),
+                LayerView::BatchNorm(bn) => {
+                    let a = Affine::of_batch_norm(&bn);
                     if let Some(Token::Bn(prev, last)) = tokens.last_mut() {
                         *prev = prev.then(&a);
                         *last = index;
@@ -201,7 +194,7 @@ impl Model {
                         tokens.push(Token::Bn(a, index));
                     }
                 }
-                LayerKind::Activation(a) => tokens.push(Token::Act(a, index)),
+                LayerView::Activation(a) => tokens.push(Token::Act(a, index)),
             }
         }
 
@@ -229,7 +222,10 @@ impl Model {
                         Some(Token::Bn(a, last)) => (Some(a), *last),
                         _ => (None, *index),
                     };
-                    let f = fold_dense(self, *index, pre, post)?;
+                    let LayerView::Dense(dense) = self.layer_view(*index)? else {
+                        unreachable!("Token::Dense is only made for dense layers");
+                    };
+                    let f = fold_dense(&dense, pre, post).map_err(|e| self.layer_err(*index, e))?;
                     width = f.outputs;
                     steps.push(Step {
                         op: Op::Dense {

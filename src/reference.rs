@@ -4,8 +4,8 @@
 //! folding, no packing, no kernels) and follows the layer definitions literally, in f64.
 
 use crate::error::{InputError, Result};
-use crate::format::{Activation, LayerKind};
-use crate::model::Model;
+use crate::format::Activation;
+use crate::model::{LayerView, Model};
 
 /// The activation of one layer for every row, `[batch, width]` row-major, in f64.
 pub type LayerOutput = Vec<f64>;
@@ -28,51 +28,33 @@ pub fn forward_all(model: &Model, input: &[f64], batch: usize) -> Result<Vec<Lay
     let mut x = input.to_vec();
     let mut width = model.input_features();
     let mut outputs = Vec::with_capacity(model.layers().len());
-    for layer in model.layers() {
-        x = match layer.kind {
-            LayerKind::Dense {
-                inputs,
-                outputs: n_out,
-                weight,
-                bias,
-            } => {
-                let w = model.tensor_data(weight)?;
-                let b = bias.map(|t| model.tensor_data(t)).transpose()?;
-                let mut y = vec![0.0; batch * n_out];
+    for index in 0..model.layers().len() {
+        x = match model.layer_view(index)? {
+            LayerView::Dense(d) => {
+                let mut y = vec![0.0; batch * d.outputs];
                 for r in 0..batch {
-                    for o in 0..n_out {
-                        let mut acc = b.map_or(0.0, |b| b.get_f64(o));
-                        for i in 0..inputs {
-                            acc += x[r * inputs + i] * w.get_f64(o * inputs + i);
+                    for o in 0..d.outputs {
+                        let mut acc = d.bias_f64(o);
+                        for i in 0..d.inputs {
+                            acc += x[r * d.inputs + i] * d.weight.get_f64(o * d.inputs + i);
                         }
-                        y[r * n_out + o] = acc;
+                        y[r * d.outputs + o] = acc;
                     }
                 }
-                width = n_out;
+                width = d.outputs;
                 y
             }
-            LayerKind::BatchNorm {
-                features,
-                eps,
-                gamma,
-                beta,
-                moving_mean,
-                moving_variance,
-            } => {
-                let g = gamma.map(|t| model.tensor_data(t)).transpose()?;
-                let be = beta.map(|t| model.tensor_data(t)).transpose()?;
-                let mean = model.tensor_data(moving_mean)?;
-                let var = model.tensor_data(moving_variance)?;
+            LayerView::BatchNorm(bn) => {
                 let mut y = x;
                 for (n, v) in y.iter_mut().enumerate() {
-                    let j = n % features;
-                    let gj = g.map_or(1.0, |g| g.get_f64(j));
-                    let bj = be.map_or(0.0, |b| b.get_f64(j));
-                    *v = gj * (*v - mean.get_f64(j)) / (var.get_f64(j) + eps).sqrt() + bj;
+                    let j = n % bn.features;
+                    let denom = (bn.moving_variance.get_f64(j) + bn.eps).sqrt();
+                    *v =
+                        bn.gamma_f64(j) * (*v - bn.moving_mean.get_f64(j)) / denom + bn.beta_f64(j);
                 }
                 y
             }
-            LayerKind::Activation(a) => {
+            LayerView::Activation(a) => {
                 let mut y = x;
                 if a == Activation::Softmax {
                     for row in y.chunks_exact_mut(width) {

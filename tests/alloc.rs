@@ -1,0 +1,103 @@
+//! A session call allocates nothing once its buffers have grown to the batch.
+//!
+//! A counting global allocator records allocations made by this thread; the plan runs on the
+//! calling thread (these layers are far below the parallel threshold), so every allocation a call
+//! makes is counted.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use bnfold::{Activation, DType, Model, Options};
+use common::{L, Stats, input, network};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; it only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // try_with: the thread-local may be gone during thread teardown; then just don't count.
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> usize {
+    ALLOCS.with(Cell::get)
+}
+
+#[test]
+fn steady_state_calls_allocate_nothing() {
+    let bytes = network(
+        30,
+        &[
+            L::Bn,
+            L::Dense(30),
+            L::Bn,
+            L::Act(Activation::Tanh),
+            L::Dense(30),
+            L::Bn,
+            L::Act(Activation::Relu),
+            L::Dense(10),
+            L::Act(Activation::Softmax),
+        ],
+        1,
+        DType::F32,
+        Stats::default(),
+    );
+    let model = Model::from_bytes(&bytes).unwrap();
+    for opts in [Options::folded(), Options::unfolded()] {
+        let plan = model.compile(&opts).unwrap();
+        let x = input(16, 30, 1);
+        let mut out = vec![0.0; 16 * 10];
+
+        let mut session = plan.session_with_capacity(16);
+        let before = allocations();
+        for batch in [1, 16, 7, 16] {
+            let y = session.run(&x[..batch * 30], batch).unwrap();
+            assert_eq!(y.len(), batch * 10);
+        }
+        session.run_into(&x, 16, &mut out).unwrap();
+        assert_eq!(
+            allocations() - before,
+            0,
+            "{:?}: a call allocated",
+            opts.mode
+        );
+
+        // A lazily grown session allocates on its first call only.
+        let mut lazy = plan.session();
+        lazy.run(&x, 16).unwrap();
+        let before = allocations();
+        lazy.run(&x, 16).unwrap();
+        lazy.run(&x[..30], 1).unwrap();
+        assert_eq!(
+            allocations() - before,
+            0,
+            "{:?}: warmed session allocated",
+            opts.mode
+        );
+        // The counter is live: compiling a plan does allocate.
+        let before = allocations();
+        let _again = model.compile(&opts).unwrap();
+        assert!(allocations() > before);
+    }
+}

@@ -1,0 +1,404 @@
+//! BN folding: every placement, folded and unfolded, against the f64 reference.
+//!
+//! Tolerance: errors are measured normwise (max abs error over the largest reference magnitude of
+//! the output). f32 has unit roundoff u = 2^-24 ~ 6e-8. Folding rounds each weight once (<= u
+//! relative); a dot product of k <= 64 terms adds at most k*u relative to the sum of |terms|, and in
+//! these He-scaled random networks that sum is within ~10x of the output scale. Over <= 4 dense
+//! layers that bounds the error near 4 * 64 * 10 * u ~ 1.5e-4 in the worst case; typical errors are
+//! 1e-7..1e-6. We assert 2e-5: 30x above what we measure, far below any real folding mistake (a
+//! dropped scale, mean or shift changes outputs by O(1), i.e. a normwise error of 1e-2 or more).
+//! Tiny variances (1e-6) amplify inputs and their rounding errors alike, so the normwise measure is
+//! unchanged by them.
+
+mod common;
+
+use bnfold::{Activation, DType, Model, Options, reference};
+use common::{L, Stats, input, network, normwise_error};
+
+const TOL: f64 = 2e-5;
+
+/// Run folded and unfolded plans and the reference; assert both within TOL of the reference and of
+/// each other. Returns the number of plan steps for the folded plan.
+fn check(input_width: usize, layers: &[L], seed: u64, dtype: DType, stats: Stats) -> usize {
+    let bytes = network(input_width, layers, seed, dtype, stats);
+    let model = Model::from_bytes(&bytes).unwrap();
+    let batch = 5;
+    let x = input(batch, input_width, seed);
+    let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let want = reference::forward(&model, &x64, batch).unwrap();
+    let folded = model.compile(&Options::folded()).unwrap();
+    let unfolded = model.compile(&Options::unfolded()).unwrap();
+    let yf = folded.session().run(&x, batch).unwrap().to_vec();
+    let yu = unfolded.session().run(&x, batch).unwrap().to_vec();
+    let ef = normwise_error(&yf, &want);
+    let eu = normwise_error(&yu, &want);
+    let efu = normwise_error(&yf, &yu.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    assert!(
+        ef <= TOL && eu <= TOL && efu <= 2.0 * TOL,
+        "{layers:?} seed {seed} {dtype:?} {stats:?}: folded {ef:e}, unfolded {eu:e}, folded vs unfolded {efu:e}"
+    );
+    folded.num_steps()
+}
+
+const RELU: L = L::Act(Activation::Relu);
+
+#[test]
+fn dense_then_bn_folds_backward_into_one_step_per_block() {
+    for &w in &[1, 3, 17, 30] {
+        let steps = check(
+            w,
+            &[
+                L::Dense(w),
+                L::Bn,
+                RELU,
+                L::Dense(3),
+                L::Bn,
+                RELU,
+                L::Dense(2),
+            ],
+            w as u64,
+            DType::F32,
+            Stats::default(),
+        );
+        // Dense+BN+ReLU fuse into one step each; the BN costs no step of its own.
+        assert_eq!(steps, 3);
+    }
+}
+
+#[test]
+fn input_bn_folds_forward_into_the_first_dense_layer() {
+    for &w in &[1, 3, 17, 30] {
+        let steps = check(
+            w,
+            &[
+                L::Bn,
+                L::Dense(7),
+                L::Bn,
+                L::Act(Activation::Tanh),
+                L::Dense(1),
+            ],
+            100 + w as u64,
+            DType::F32,
+            Stats {
+                mean_abs: 5.0,
+                ..Stats::default()
+            },
+        );
+        assert_eq!(steps, 2);
+    }
+}
+
+#[test]
+fn bn_after_activation_folds_forward_into_the_next_dense_layer() {
+    // Keras-style Dense -> act -> BN -> Dense.
+    let steps = check(
+        17,
+        &[
+            L::Dense(30),
+            RELU,
+            L::Bn,
+            L::Dense(3),
+            L::Act(Activation::Sigmoid),
+        ],
+        7,
+        DType::F32,
+        Stats::default(),
+    );
+    assert_eq!(steps, 2);
+}
+
+#[test]
+fn bn_with_no_dense_neighbour_stays_an_affine_in_the_epilogue() {
+    // Trailing BN after an activation, and a network that is only BN and activations.
+    let steps = check(
+        9,
+        &[L::Dense(4), RELU, L::Bn],
+        11,
+        DType::F32,
+        Stats::default(),
+    );
+    assert_eq!(steps, 1, "affine fused into the dense step's epilogue");
+    let steps = check(
+        6,
+        &[L::Bn, RELU, L::Bn, L::Act(Activation::GeluErf)],
+        12,
+        DType::F32,
+        Stats::default(),
+    );
+    assert_eq!(steps, 1, "one elementwise step");
+    // BN -> act -> Dense: the BN cannot cross the activation.
+    check(
+        5,
+        &[L::Bn, L::Act(Activation::Tanh), L::Dense(3)],
+        13,
+        DType::F32,
+        Stats::default(),
+    );
+}
+
+#[test]
+fn consecutive_bns_and_both_sided_folds_compose() {
+    check(
+        8,
+        &[L::Bn, L::Bn, L::Dense(8), L::Bn, L::Bn, RELU, L::Dense(2)],
+        21,
+        DType::F32,
+        Stats::default(),
+    );
+    // Dense -> BN -> Dense: the BN folds backward (into the first), not forward.
+    let steps = check(
+        4,
+        &[L::Dense(6), L::Bn, L::Dense(3)],
+        22,
+        DType::F32,
+        Stats::default(),
+    );
+    assert_eq!(steps, 2);
+}
+
+#[test]
+fn dense_without_bias_and_bn_without_gamma_beta() {
+    check(
+        10,
+        &[L::DenseNoBias(6), L::BnBare, RELU, L::DenseNoBias(3), L::Bn],
+        31,
+        DType::F32,
+        Stats::default(),
+    );
+    check(
+        10,
+        &[L::BnBare, L::DenseNoBias(6)],
+        32,
+        DType::F32,
+        Stats::default(),
+    );
+}
+
+#[test]
+fn eps_range_tiny_variances_and_large_means() {
+    for (i, &eps) in [1e-5, 1e-4, 1e-3].iter().enumerate() {
+        for stats in [
+            Stats {
+                eps,
+                var_lo: 1e-6,
+                var_hi: 1e-4,
+                mean_abs: 1.0,
+            },
+            Stats {
+                eps,
+                var_lo: 0.5,
+                var_hi: 2.0,
+                mean_abs: 1000.0,
+            },
+            Stats {
+                eps,
+                var_lo: 1e-2,
+                var_hi: 1e4,
+                mean_abs: 50.0,
+            },
+        ] {
+            check(
+                17,
+                &[
+                    L::Bn,
+                    L::Dense(30),
+                    L::Bn,
+                    RELU,
+                    L::Dense(3),
+                    L::Bn,
+                    L::Act(Activation::LeakyRelu { alpha: 0.1 }),
+                    L::Dense(1),
+                ],
+                40 + i as u64,
+                DType::F32,
+                stats,
+            );
+        }
+    }
+}
+
+#[test]
+fn half_precision_storage_is_widened_before_folding() {
+    for dtype in [DType::F16, DType::BF16] {
+        check(
+            17,
+            &[L::Bn, L::Dense(30), L::Bn, RELU, L::Dense(3)],
+            50,
+            dtype,
+            Stats::default(),
+        );
+    }
+}
+
+#[test]
+fn every_activation_runs_folded_and_unfolded() {
+    for (i, a) in [
+        Activation::Identity,
+        Activation::Relu,
+        Activation::LeakyRelu { alpha: 0.2 },
+        Activation::Tanh,
+        Activation::Sigmoid,
+        Activation::GeluErf,
+        Activation::GeluTanh,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        check(
+            5,
+            &[
+                L::Dense(9),
+                L::Bn,
+                L::Act(a),
+                L::Dense(4),
+                L::Act(Activation::Softmax),
+            ],
+            60 + i as u64,
+            DType::F32,
+            Stats::default(),
+        );
+    }
+}
+
+#[test]
+fn large_layers_take_the_parallel_path_and_agree() {
+    // 200 x 300 x 256 multiply-adds is above the serial threshold.
+    let bytes = network(
+        300,
+        &[L::Dense(256), L::Bn, RELU, L::Dense(10)],
+        70,
+        DType::F32,
+        Stats::default(),
+    );
+    let model = Model::from_bytes(&bytes).unwrap();
+    for batch in [1, 3, 200] {
+        let x = input(batch, 300, 70);
+        let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let want = reference::forward(&model, &x64, batch).unwrap();
+        let plan = model.compile(&Options::folded()).unwrap();
+        let y = plan.session().run(&x, batch).unwrap().to_vec();
+        // k = 300 here, so allow 5x the small-network tolerance (k*u scales with k).
+        let e = normwise_error(&y, &want);
+        assert!(e <= 5.0 * TOL, "batch {batch}: {e:e}");
+    }
+}
+
+#[test]
+fn folded_weights_are_rounded_once_from_f64() {
+    // A single Dense -> BN: each folded weight must be exactly the f64 product rounded to f32.
+    let bytes = network(3, &[L::Dense(2), L::Bn], 80, DType::F32, Stats::default());
+    let model = Model::from_bytes(&bytes).unwrap();
+    use bnfold::model::LayerView;
+    let (LayerView::Dense(dense), LayerView::BatchNorm(bn)) =
+        (model.layer_view(0).unwrap(), model.layer_view(1).unwrap())
+    else {
+        panic!("layers 0 and 1 are Dense and BatchNorm");
+    };
+    let post = bnfold::fold::Affine::of_batch_norm(&bn);
+    let f = bnfold::fold::fold_dense(&dense, None, Some(&post)).unwrap();
+    let w = model.tensor_data(0).unwrap().to_f64_vec();
+    let b = model.tensor_data(1).unwrap().to_f64_vec();
+    let g = model.tensor_data(2).unwrap().to_f64_vec();
+    let beta = model.tensor_data(3).unwrap().to_f64_vec();
+    let mean = model.tensor_data(4).unwrap().to_f64_vec();
+    let var = model.tensor_data(5).unwrap().to_f64_vec();
+    for o in 0..2 {
+        let s = g[o] / (var[o] + 1e-3).sqrt();
+        for i in 0..3 {
+            assert_eq!(f.weight[o * 3 + i], (w[o * 3 + i] * s) as f32);
+        }
+        // The bias formula written the other way round: (b - mean) * s + beta. The two forms agree
+        // to f64 rounding (~1e-16 relative), so after rounding to f32 they may differ by one ulp at
+        // most.
+        let want = ((b[o] - mean[o]) * s + beta[o]) as f32;
+        assert!(
+            (f.bias[o] - want).abs() <= want.abs() * f32::EPSILON,
+            "{} vs {want}",
+            f.bias[o]
+        );
+    }
+}
+
+#[test]
+fn sessions_reuse_buffers_and_shared_plans_work_across_threads() {
+    use std::sync::Arc;
+    let bytes = network(
+        12,
+        &[L::Bn, L::Dense(20), L::Bn, RELU, L::Dense(4)],
+        90,
+        DType::F32,
+        Stats::default(),
+    );
+    let model = Model::from_bytes(&bytes).unwrap();
+    let plan = Arc::new(model.compile(&Options::default()).unwrap());
+    drop(model); // the plan owns its weights
+    let x = input(8, 12, 90);
+    let want = plan.session().run(&x, 8).unwrap().to_vec();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let plan = Arc::clone(&plan);
+            let x = x.clone();
+            std::thread::spawn(move || {
+                let mut s = plan.session_with_capacity(8);
+                let mut last = Vec::new();
+                for batch in [8, 1, 8] {
+                    last = s.run(&x[..batch * 12], batch).unwrap().to_vec();
+                }
+                last
+            })
+        })
+        .collect();
+    for h in handles {
+        // Same plan, same input, same kernel: the same bits.
+        assert_eq!(h.join().unwrap(), want);
+    }
+}
+
+#[test]
+fn wrong_input_shapes_are_typed_errors() {
+    let bytes = network(4, &[L::Dense(2)], 1, DType::F32, Stats::default());
+    let plan = Model::from_bytes(&bytes)
+        .unwrap()
+        .compile(&Options::default())
+        .unwrap();
+    let mut s = plan.session();
+    assert!(matches!(
+        s.run(&[0.0; 7], 2),
+        Err(bnfold::Error::Input(bnfold::InputError::Length {
+            expected: 8,
+            ..
+        }))
+    ));
+    assert!(matches!(
+        s.run(&[], 0),
+        Err(bnfold::Error::Input(bnfold::InputError::EmptyBatch))
+    ));
+    let mut out = [0.0; 3];
+    assert!(matches!(
+        s.run_into(&[0.0; 4], 1, &mut out),
+        Err(bnfold::Error::Input(bnfold::InputError::OutputLength {
+            expected: 2,
+            ..
+        }))
+    ));
+}
+
+#[test]
+fn folding_that_overflows_f32_is_an_error_naming_the_feature() {
+    // 1e38 * 1/sqrt(1e-30) = 1e53: representable in the f64 fold, not in the f32 result.
+    let mut w = bnfold::format::Writer::new(1);
+    w.add_dense("fc", DType::F32, 2, 1, &[1.0, 1e38], None)
+        .unwrap();
+    w.add_batch_norm("bn", DType::F32, 0.0, None, None, &[0.0; 2], &[1.0, 1e-30])
+        .unwrap();
+    let model = Model::from_bytes(&w.to_bytes().unwrap()).unwrap();
+    let e = model.compile(&Options::folded()).unwrap_err();
+    assert!(
+        matches!(
+            e.layer_kind(),
+            Some(bnfold::LayerError::FoldOverflow { feature: 1 })
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().starts_with("layer 0 (Dense 'fc')"), "{e}");
+}
