@@ -165,14 +165,20 @@ fn random_floats_are_within_the_summation_error_bound() {
         (200, 33, 17),
         (31, 513, 70),
         (300, 300, 50),
+        // Deeper than one depth block (256) of the blocked driver: partial sums reloaded.
+        (9, 600, 33),
+        (70, 1000, 20),
     ] {
         let x = g.vec(m * k, Gen::uniform);
         let w = g.vec(n * k, Gen::uniform);
         let b = g.vec(n, Gen::uniform);
         let want = reference(&x, &w, &b, m, k, n);
-        for isa in Isa::supported() {
+        for (isa, blocked) in Isa::supported()
+            .into_iter()
+            .flat_map(|i| [(i, false), (i, true)])
+        {
             let mut y = vec![0.0; m * n];
-            kernel(isa, k, n, &w, &b).forward(&x, m, &mut y, &[]);
+            kernel(isa, k, n, &w, &b).forward_with_driver(&x, m, &mut y, &[], blocked);
             for i in 0..m {
                 for j in 0..n {
                     let mag: f64 = (0..k)
@@ -254,14 +260,16 @@ fn epilogues_match_reference_on_every_path() {
                 .map(|(i, &v)| ops.iter().fold(v, |v, op| reference_op(op, v, i % n)))
                 .collect();
             for isa in Isa::supported() {
-                let mut y = vec![0.0; m * n];
-                kernel(isa, k, n, &w, &b).forward(&x, m, &mut y, &ops);
-                for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
-                    let tol = 1e-5 * want.abs().max(1.0);
-                    assert!(
-                        (got as f64 - want).abs() <= tol,
-                        "{isa} {m}x{k}x{n} {ops:?} at {i}: {got} vs {want}"
-                    );
+                for blocked in [false, true] {
+                    let mut y = vec![0.0; m * n];
+                    kernel(isa, k, n, &w, &b).forward_with_driver(&x, m, &mut y, &ops, blocked);
+                    for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
+                        let tol = 1e-5 * want.abs().max(1.0);
+                        assert!(
+                            (got as f64 - want).abs() <= tol,
+                            "{isa} blocked={blocked} {m}x{k}x{n} {ops:?} at {i}: {got} vs {want}"
+                        );
+                    }
                 }
             }
         }

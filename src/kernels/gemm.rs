@@ -23,6 +23,17 @@ use super::simd::{Portable, Simd};
 /// Batches up to this size take the small-batch (streaming, unpacked) path.
 pub(crate) const SMALL_BATCH: usize = 8;
 
+/// Layers with at most this many weights (256 KiB) take the unpacked path at any batch: their
+/// packed weights stay in L2 across row chunks and no depth blocking is needed, so packing `X`
+/// would not pay (and the call needs no scratch buffer at all).
+pub(crate) const SMALL_WEIGHTS: usize = 1 << 16;
+
+/// Whether a product takes the unpacked path. Decided from the whole problem (not from one
+/// task's share of it), so that the summation order never depends on the thread count.
+pub(crate) fn unpacked_path(batch: usize, k: usize, n: usize) -> bool {
+    batch <= SMALL_BATCH || k.saturating_mul(n) <= SMALL_WEIGHTS
+}
+
 /// Depth of one block (`KC`): a packed `X` micro-panel is `KC * NR * 4` bytes (6 KiB for AVX-512,
 /// NR = 6), small beside the 48 KiB L1d of the target machine (AMD Zen 5), so it stays resident
 /// while the weight micro-panels stream through.
@@ -418,13 +429,16 @@ thread_local! {
     static XPACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Compute rows `rows` and panels `panels` of the output.
+/// Compute rows `rows` and panels `panels` of the output, by the unpacked path if `unpacked`
+/// (see [`unpacked_path`]) else by the blocked one.
 ///
 /// # Safety
 /// The family's ISA is supported; `x` holds `batch * k` values; `y` points to `batch * n`
 /// writable values no other thread touches in this rectangle; `ops` per-feature vectors hold `n`
 /// values.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn run_block(
+    unpacked: bool,
     fam: &Family,
     w: &Packed,
     x: &[f32],
@@ -460,7 +474,7 @@ pub(crate) unsafe fn run_block(
         ops: &ops[..split],
     };
 
-    if rows.len() <= SMALL_BATCH {
+    if unpacked {
         let mut r = rows.start;
         while r < rows.end {
             let (nr, mv, full, one) = fam.small[(rows.end - r).min(SMALL_BATCH)];

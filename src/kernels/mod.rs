@@ -164,19 +164,7 @@ impl DenseKernel {
         let (k, n) = (self.inputs, self.outputs);
         assert_eq!(Some(x.len()), batch.checked_mul(k), "x length");
         assert_eq!(Some(y.len()), batch.checked_mul(n), "y length");
-        for op in epilogue {
-            let short = match op {
-                EpilogueOp::Act(_) => false,
-                EpilogueOp::Affine { scale, shift } => scale.len() < n || shift.len() < n,
-                EpilogueOp::BatchNorm {
-                    gamma,
-                    beta,
-                    mean,
-                    denom,
-                } => [gamma, beta, mean, denom].iter().any(|v| v.len() < n),
-            };
-            assert!(!short, "epilogue vector shorter than the layer's outputs");
-        }
+        check_epilogue(epilogue, n);
         if batch == 0 || n == 0 {
             return;
         }
@@ -186,12 +174,13 @@ impl DenseKernel {
         }
         let fam = Family::of(self.isa);
         let out = OutPtr(y.as_mut_ptr());
+        let unpacked = gemm::unpacked_path(batch, k, n);
         let panels = self.packed.panels;
         let whole = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
             // SAFETY: `self.isa` was resolved to a supported path at construction; `x` and `y`
             // have the checked lengths; the rectangle `rows x cols` is inside `y` and, in the
             // parallel cases below, disjoint from every other task's rectangle.
-            unsafe { gemm::run_block(fam, &self.packed, x, rows, cols, out, epilogue) }
+            unsafe { gemm::run_block(unpacked, fam, &self.packed, x, rows, cols, out, epilogue) }
         };
         // Checked before asking rayon anything: a small layer never touches (or starts) a pool.
         let macs = batch.saturating_mul(k).saturating_mul(n);
@@ -221,6 +210,60 @@ impl DenseKernel {
                 whole(0..batch, t * step..((t + 1) * step).min(panels));
             });
         }
+    }
+}
+
+impl DenseKernel {
+    /// [`DenseKernel::forward`] on the calling thread through the chosen driver (`blocked`:
+    /// packed `X`, depth blocks; else unpacked rows), whatever the shape. For tests that must
+    /// reach both drivers with shapes of every size.
+    #[doc(hidden)]
+    pub fn forward_with_driver(
+        &self,
+        x: &[f32],
+        batch: usize,
+        y: &mut [f32],
+        epilogue: &[EpilogueOp],
+        blocked: bool,
+    ) {
+        let (k, n) = (self.inputs, self.outputs);
+        assert_eq!(Some(x.len()), batch.checked_mul(k), "x length");
+        assert_eq!(Some(y.len()), batch.checked_mul(n), "y length");
+        check_epilogue(epilogue, n);
+        if batch == 0 || n == 0 || k == 0 {
+            return self.forward(x, batch, y, epilogue);
+        }
+        let fam = Family::of(self.isa);
+        // SAFETY: as in `forward`, with one task covering the whole output.
+        unsafe {
+            gemm::run_block(
+                !blocked,
+                fam,
+                &self.packed,
+                x,
+                0..batch,
+                0..self.packed.panels,
+                OutPtr(y.as_mut_ptr()),
+                epilogue,
+            )
+        }
+    }
+}
+
+/// Panics if a per-feature vector of `ops` is shorter than `n`.
+fn check_epilogue(ops: &[EpilogueOp], n: usize) {
+    for op in ops {
+        let short = match op {
+            EpilogueOp::Act(_) => false,
+            EpilogueOp::Affine { scale, shift } => scale.len() < n || shift.len() < n,
+            EpilogueOp::BatchNorm {
+                gamma,
+                beta,
+                mean,
+                denom,
+            } => [gamma, beta, mean, denom].iter().any(|v| v.len() < n),
+        };
+        assert!(!short, "epilogue vector shorter than the layer's outputs");
     }
 }
 
