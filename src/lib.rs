@@ -14,6 +14,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod error;
 pub mod fold;
 pub mod format;

@@ -1,0 +1,296 @@
+//! Latency and throughput measurement of a model, folded and unfolded, for `bnfold bench` and the
+//! criterion benchmarks; and seeded synthetic networks to measure when no model file is at hand.
+//!
+//! Each measured call is one `Session::run` of a whole batch, timed on its own, so that the
+//! percentiles describe what a serving thread sees. The plan runs inside a rayon pool of the
+//! requested size (`pool.install`), which is also how a server runs inference on a pool of its own.
+
+use std::time::{Duration, Instant};
+
+use crate::format::Writer;
+use crate::kernels::KernelChoice;
+use crate::{Activation, DType, Mode, Model, Options};
+
+/// What can stop a measurement.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Compiling or running the model failed.
+    #[error(transparent)]
+    Model(#[from] crate::Error),
+    /// A thread pool of the requested size could not be started.
+    #[error("cannot start a pool of {threads} threads: {source}")]
+    Threads {
+        /// Requested size.
+        threads: usize,
+        /// Why rayon refused.
+        source: rayon::ThreadPoolBuildError,
+    },
+    /// A setting is out of range (the message says which).
+    #[error("bad setting: {0}")]
+    Config(String),
+}
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Rows per call.
+    pub batches: Vec<usize>,
+    /// Sizes of the rayon pool the plan runs in.
+    pub threads: Vec<usize>,
+    /// Modes to compare.
+    pub modes: Vec<Mode>,
+    /// Kernel path.
+    pub kernel: KernelChoice,
+    /// Measure each configuration for at least this long (after warm-up) ...
+    pub min_time: Duration,
+    /// ... and at least this many calls ...
+    pub min_iters: usize,
+    /// ... but never more than this many calls.
+    pub max_iters: usize,
+    /// Seed of the random inputs.
+    pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            batches: vec![1, 8, 64],
+            threads: vec![1],
+            modes: vec![Mode::Folded, Mode::Unfolded],
+            kernel: KernelChoice::Auto,
+            min_time: Duration::from_millis(300),
+            min_iters: 10,
+            max_iters: 100_000,
+            seed: 1,
+        }
+    }
+}
+
+/// One configuration's figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Measurement {
+    /// `folded` or `unfolded`.
+    pub mode: &'static str,
+    /// Kernel path (`avx512`, `avx2`, `portable`).
+    pub kernel: &'static str,
+    /// Rows per call.
+    pub batch: usize,
+    /// Pool size.
+    pub threads: usize,
+    /// Calls timed.
+    pub iters: usize,
+    /// Median latency of one call, microseconds.
+    pub p50_us: f64,
+    /// 99th-percentile latency of one call, microseconds.
+    pub p99_us: f64,
+    /// Mean latency, microseconds.
+    pub mean_us: f64,
+    /// Rows per second at the median latency.
+    pub rows_per_s: f64,
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Folded => "folded",
+        Mode::Unfolded => "unfolded",
+    }
+}
+
+/// Seeded inputs in [-1, 1).
+fn inputs(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// The `p`-th percentile (0..=100) of sorted values, nearest rank.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Measure `model` in every configuration of `cfg`, in the order modes, threads, batches.
+pub fn measure(model: &Model, cfg: &Config) -> Result<Vec<Measurement>, BenchError> {
+    if cfg.batches.contains(&0) || cfg.threads.contains(&0) {
+        return Err(BenchError::Config(
+            "batch sizes and thread counts must be at least 1".into(),
+        ));
+    }
+    if cfg.max_iters < cfg.min_iters.max(1) {
+        return Err(BenchError::Config(
+            "max iterations below the minimum".into(),
+        ));
+    }
+    let mut out = Vec::new();
+    for &mode in &cfg.modes {
+        let opts = Options {
+            mode,
+            ..Options::default()
+        }
+        .with_kernel(cfg.kernel);
+        let plan = model.compile(&opts)?;
+        for &threads in &cfg.threads {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(|source| BenchError::Threads { threads, source })?;
+            for &batch in &cfg.batches {
+                let x = inputs(batch * plan.input_features(), cfg.seed);
+                let mut session = plan.session_with_capacity(batch);
+                let times = pool.install(|| -> Result<Vec<f64>, crate::Error> {
+                    // Warm-up: caches, page faults of the scratch, the pool's threads.
+                    let warm = Instant::now();
+                    while warm.elapsed() < cfg.min_time / 10 {
+                        session.run(&x, batch)?;
+                    }
+                    let mut times = Vec::new();
+                    let start = Instant::now();
+                    while times.len() < cfg.max_iters
+                        && (times.len() < cfg.min_iters || start.elapsed() < cfg.min_time)
+                    {
+                        let t = Instant::now();
+                        std::hint::black_box(session.run(std::hint::black_box(&x), batch)?);
+                        times.push(t.elapsed().as_secs_f64() * 1e6);
+                    }
+                    Ok(times)
+                })?;
+                let mut sorted = times.clone();
+                sorted.sort_by(f64::total_cmp);
+                let p50 = percentile(&sorted, 50.0);
+                out.push(Measurement {
+                    mode: mode_name(mode),
+                    kernel: plan.kernel_isa().name(),
+                    batch,
+                    threads,
+                    iters: times.len(),
+                    p50_us: p50,
+                    p99_us: percentile(&sorted, 99.0),
+                    mean_us: times.iter().sum::<f64>() / times.len() as f64,
+                    rows_per_s: batch as f64 / (p50 * 1e-6),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A seeded synthetic network: optionally a BN on the input, then for each hidden width a dense
+/// layer, a BN with non-trivial statistics and a ReLU, then a dense output layer. Weights are
+/// scaled He-style so that activations keep an O(1) scale through depth.
+pub fn synthetic(
+    input: usize,
+    input_bn: bool,
+    hidden: &[usize],
+    output: usize,
+    seed: u64,
+) -> Result<Vec<u8>, crate::Error> {
+    let mut s = seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1;
+    let mut uniform = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
+            })
+            .collect()
+    };
+    let mut w = Writer::new(input);
+    w.metadata("producer", "bnfold bench synthetic");
+    w.metadata("seed", seed.to_string());
+    let mut bn = |w: &mut Writer, name: &str, f: usize| -> Result<(), crate::Error> {
+        let gamma = uniform(f, 0.5, 1.5);
+        let beta = uniform(f, -0.5, 0.5);
+        let mean = uniform(f, -1.0, 1.0);
+        let var = uniform(f, 0.25, 4.0);
+        w.add_batch_norm(
+            name,
+            DType::F32,
+            1e-3,
+            Some(&gamma),
+            Some(&beta),
+            &mean,
+            &var,
+        )?;
+        Ok(())
+    };
+    if input_bn {
+        bn(&mut w, "input_bn", input)?;
+    }
+    let mut width = input;
+    let dense =
+        |w: &mut Writer, name: &str, out: usize, width: usize| -> Result<(), crate::Error> {
+            let sc = (2.0 / width as f32).sqrt();
+            let weight = {
+                let mut s2 = (out * 31 + width) as u64 ^ seed;
+                (0..out * width)
+                    .map(|_| {
+                        s2 ^= s2 << 13;
+                        s2 ^= s2 >> 7;
+                        s2 ^= s2 << 17;
+                        sc * (2.0 * ((s2 >> 40) as f32 / (1u64 << 24) as f32) - 1.0)
+                    })
+                    .collect::<Vec<f32>>()
+            };
+            let bias = vec![0.1f32; out];
+            w.add_dense(name, DType::F32, out, width, &weight, Some(&bias))?;
+            Ok(())
+        };
+    for (i, &h) in hidden.iter().enumerate() {
+        dense(&mut w, &format!("dense{i}"), h, width)?;
+        bn(&mut w, &format!("bn{i}"), h)?;
+        w.activation(&format!("relu{i}"), Activation::Relu)?;
+        width = h;
+    }
+    dense(&mut w, "out", output, width)?;
+    w.to_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        assert_eq!(percentile(&[7.0], 99.0), 7.0);
+    }
+
+    #[test]
+    fn measures_every_configuration_of_a_synthetic_network() {
+        let bytes = synthetic(4, true, &[30, 30], 2, 3).unwrap();
+        let model = Model::from_bytes(&bytes).unwrap();
+        assert_eq!(model.input_features(), 4);
+        let cfg = Config {
+            batches: vec![1, 3],
+            threads: vec![1, 2],
+            min_time: Duration::from_millis(1),
+            min_iters: 3,
+            max_iters: 5,
+            ..Config::default()
+        };
+        let m = measure(&model, &cfg).unwrap();
+        assert_eq!(m.len(), 2 * 2 * 2);
+        for r in &m {
+            assert!((3..=5).contains(&r.iters), "{r:?}");
+            assert!(r.p50_us > 0.0 && r.p50_us <= r.p99_us, "{r:?}");
+        }
+        let bad = Config {
+            batches: vec![0],
+            ..Config::default()
+        };
+        assert!(matches!(measure(&model, &bad), Err(BenchError::Config(_))));
+    }
+}

@@ -1,0 +1,110 @@
+//! `bnfold bench`: figures for every configuration asked for, JSON for machines, and the
+//! `BNFOLD_KERNEL` override reaching the kernels of a separate process.
+
+use std::process::Command;
+
+fn model_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    let bytes = bnfold::bench::synthetic(5, true, &[30, 30], 3, 7).unwrap();
+    let path = dir.path().join("net.bnw");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn bnfold() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bnfold"))
+}
+
+#[test]
+fn bench_json_has_one_record_per_mode_and_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = model_file(&dir);
+    let out = bnfold()
+        .args(["bench", "--batch", "1,4", "--time-ms", "1", "--json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let records = v.as_array().unwrap();
+    assert_eq!(records.len(), 4);
+    let mut seen = Vec::new();
+    for r in records {
+        let p50 = r["p50_us"].as_f64().unwrap();
+        let p99 = r["p99_us"].as_f64().unwrap();
+        assert!(p50 > 0.0 && p50 <= p99, "{r}");
+        assert!(r["rows_per_s"].as_f64().unwrap() > 0.0);
+        seen.push((
+            r["mode"].as_str().unwrap().to_owned(),
+            r["batch"].as_u64().unwrap(),
+        ));
+    }
+    seen.sort();
+    let want: Vec<(String, u64)> = [
+        ("folded", 1),
+        ("folded", 4),
+        ("unfolded", 1),
+        ("unfolded", 4),
+    ]
+    .iter()
+    .map(|(m, b)| (m.to_string(), *b))
+    .collect();
+    assert_eq!(seen, want);
+}
+
+#[test]
+fn kernel_environment_variable_forces_the_portable_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = model_file(&dir);
+    let out = bnfold()
+        .env("BNFOLD_KERNEL", "portable")
+        .args([
+            "bench",
+            "--folded-only",
+            "--batch",
+            "2",
+            "--time-ms",
+            "1",
+            "--json",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["kernel"], "portable");
+    assert_eq!(v[0]["mode"], "folded");
+}
+
+#[test]
+fn bench_table_and_bad_kernel_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = model_file(&dir);
+    let out = bnfold()
+        .args(["bench", "--batch", "1", "--time-ms", "1"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("p50 us") && text.contains("unfolded"),
+        "{text}"
+    );
+
+    let out = bnfold()
+        .args(["bench", "--kernel", "sse9"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("unknown kernel \"sse9\""), "{err}");
+}
