@@ -413,3 +413,39 @@ fn zero_inputs_give_the_bias() {
         assert_eq!(y, [1.0, 0.0, 3.0, 1.0, 0.0, 3.0]);
     }
 }
+
+/// The standalone elementwise passes (the unfolded plan's BN and activation steps) against the
+/// f64 reference, over lengths that leave every tail size of the 8-lane loop, with NaN, +-inf and
+/// -0 among the values. ReLU and leaky ReLU are exact (a select, or one multiply by alpha, the
+/// same rounding in f32 and in the f64 reference rounded back); affine and BN are a few f32
+/// roundings of O(10) values: 1e-5 relative tolerance.
+#[test]
+fn elementwise_passes_match_reference_with_special_values() {
+    let mut g = Gen(13);
+    for len in 1..=19 {
+        let mut v: Vec<f32> = g.vec(len, Gen::uniform).iter().map(|x| x * 10.0).collect();
+        let specials = [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, -0.0];
+        v[len / 2] = specials[len % 4];
+        let ops = epilogues(len, &mut g);
+        for op_list in &ops {
+            let mut got = v.clone();
+            bnfold::kernels::elementwise(op_list, &mut got, len);
+            for (j, (&got, &x)) in got.iter().zip(&v).enumerate() {
+                let want = op_list
+                    .iter()
+                    .fold(x as f64, |y, op| reference_op(op, y, j));
+                if want.is_nan() {
+                    assert!(got.is_nan(), "{op_list:?} len {len} at {j}: {got}");
+                } else if want.is_infinite() {
+                    assert_eq!(got as f64, want, "{op_list:?} len {len} at {j}");
+                } else {
+                    let tol = 1e-5 * want.abs().max(1.0);
+                    assert!(
+                        (got as f64 - want).abs() <= tol,
+                        "{op_list:?} len {len} at {j}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}

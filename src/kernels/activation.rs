@@ -1,5 +1,7 @@
 //! Activation functions in f32, elementwise over slices, and the row-wise softmax.
 
+use wide::f32x8;
+
 use crate::format::Activation;
 
 /// sqrt(2 / pi), for the tanh form of GELU.
@@ -10,17 +12,21 @@ const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 pub fn apply(act: Activation, v: &mut [f32]) {
     match act {
         Activation::Identity | Activation::Softmax => {}
-        // `x < 0` rather than `max`, so that NaN propagates (as in PyTorch).
-        Activation::Relu => v.iter_mut().for_each(|x| {
-            if *x < 0.0 {
-                *x = 0.0
-            }
-        }),
-        Activation::LeakyRelu { alpha } => v.iter_mut().for_each(|x| {
-            if *x < 0.0 {
-                *x *= alpha
-            }
-        }),
+        // `x < 0` rather than `max`, so that NaN propagates (as in PyTorch); a select rather than
+        // `x * 0`, which is NaN at -inf.
+        Activation::Relu => lanes(
+            v,
+            |x| x.simd_lt(f32x8::ZERO).bitselect(f32x8::ZERO, x),
+            |x| if x < 0.0 { 0.0 } else { x },
+        ),
+        Activation::LeakyRelu { alpha } => {
+            let a = f32x8::splat(alpha);
+            lanes(
+                v,
+                |x| x.simd_lt(f32x8::ZERO).bitselect(x * a, x),
+                |x| if x < 0.0 { x * alpha } else { x },
+            )
+        }
         Activation::Tanh => v.iter_mut().for_each(|x| *x = x.tanh()),
         Activation::Sigmoid => v.iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp())),
         Activation::GeluErf => v
@@ -30,6 +36,20 @@ pub fn apply(act: Activation, v: &mut [f32]) {
             let u = SQRT_2_OVER_PI * (*x + 0.044_715 * *x * *x * *x);
             *x = 0.5 * *x * (1.0 + u.tanh())
         }),
+    }
+}
+
+/// `v[i] = f(v[i])` eight lanes at a time, `g` on the tail.
+#[inline(always)]
+fn lanes(v: &mut [f32], f: impl Fn(f32x8) -> f32x8, g: impl Fn(f32) -> f32) {
+    let mut chunks = v.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let mut a = [0.0f32; 8];
+        a.copy_from_slice(c);
+        c.copy_from_slice(&f(f32x8::from(a)).to_array());
+    }
+    for x in chunks.into_remainder() {
+        *x = g(*x);
     }
 }
 

@@ -15,6 +15,7 @@ mod isa;
 mod simd;
 
 use rayon::prelude::*;
+use wide::f32x8;
 
 use crate::format::Activation;
 use gemm::{Family, OutPtr, Packed};
@@ -54,13 +55,14 @@ impl EpilogueOp {
             EpilogueOp::Act(a) => activation::apply(*a, v),
             EpilogueOp::Affine { scale, shift } => {
                 let n = v.len();
-                for ((x, s), t) in v
-                    .iter_mut()
-                    .zip(&scale[col0..col0 + n])
-                    .zip(&shift[col0..col0 + n])
-                {
-                    *x = s.mul_add(*x, *t);
-                }
+                let (s, t) = (&scale[col0..col0 + n], &shift[col0..col0 + n]);
+                zip3_x8(
+                    v,
+                    s,
+                    t,
+                    |x, s, t| s.mul_add(x, t),
+                    |x, s, t| s.mul_add(x, t),
+                );
             }
             EpilogueOp::BatchNorm {
                 gamma,
@@ -69,12 +71,56 @@ impl EpilogueOp {
                 denom,
             } => {
                 let r = col0..col0 + v.len();
-                for (j, x) in v.iter_mut().enumerate() {
-                    let f = r.start + j;
-                    *x = gamma[f] * (*x - mean[f]) / denom[f] + beta[f];
+                let (g, m) = (&gamma[r.clone()], &mean[r.clone()]);
+                let (d, b) = (&denom[r.clone()], &beta[r]);
+                // gamma * (x - mean) / denom + beta, as trained frameworks compute it (unfused).
+                let mut i = 0;
+                for (((x, g), m), (d, b)) in v
+                    .chunks_exact_mut(8)
+                    .zip(g.chunks_exact(8))
+                    .zip(m.chunks_exact(8))
+                    .zip(d.chunks_exact(8).zip(b.chunks_exact(8)))
+                {
+                    let y = x8(g) * (x8(x) - x8(m)) / x8(d) + x8(b);
+                    x.copy_from_slice(&y.to_array());
+                    i += 8;
+                }
+                for j in i..v.len() {
+                    v[j] = g[j] * (v[j] - m[j]) / d[j] + b[j];
                 }
             }
         }
+    }
+}
+
+/// Eight values of a slice of at least eight as a vector.
+#[inline(always)]
+fn x8(s: &[f32]) -> f32x8 {
+    let mut a = [0.0f32; 8];
+    a.copy_from_slice(&s[..8]);
+    f32x8::from(a)
+}
+
+/// `v[i] = f(v[i], a[i], b[i])`, eight lanes at a time, then the scalar `g` on the tail.
+#[inline(always)]
+fn zip3_x8(
+    v: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    f: impl Fn(f32x8, f32x8, f32x8) -> f32x8,
+    g: impl Fn(f32, f32, f32) -> f32,
+) {
+    let mut i = 0;
+    for ((x, a), b) in v
+        .chunks_exact_mut(8)
+        .zip(a.chunks_exact(8))
+        .zip(b.chunks_exact(8))
+    {
+        x.copy_from_slice(&f(x8(x), x8(a), x8(b)).to_array());
+        i += 8;
+    }
+    for j in i..v.len() {
+        v[j] = g(v[j], a[j], b[j]);
     }
 }
 
