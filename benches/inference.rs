@@ -1,1 +1,122 @@
-fn main() {}
+//! Folded versus unfolded inference of whole networks, through `Session::run`, with the same GEMM
+//! in both modes (so the difference is what folding removes: the separate BN passes).
+//!
+//! Networks: seeded synthetic ones written with `bnfold::format::Writer` at bench time (never
+//! committed) -- `tutorial` (1 -> BN -> 7 x 30 Dense+BN+ReLU -> 1, the shape of the lesson's
+//! network), `wide` (784 -> 3 x 1024 Dense+BN+ReLU -> 10) and `big` (4096 -> 4 x 4096
+//! Dense+BN+ReLU -> 4096) -- plus every `models/*.bnw` in the repository.
+//!
+//! Throughput is in rows per second ("elem/s"). Environment: `BNFOLD_BENCH_QUICK=1` limits `big`
+//! to batch 1 and 8; `BNFOLD_BENCH_BIG=1` runs `big` up to batch 1024 (one call is then about a
+//! second on one core); `BNFOLD_BENCH_NETS=wide,big` picks networks.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bnfold::{Model, Options};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+fn env_is(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1")
+}
+
+fn wanted(net: &str) -> bool {
+    match std::env::var("BNFOLD_BENCH_NETS") {
+        Ok(list) => list.split(',').any(|n| n.trim() == net),
+        Err(_) => true,
+    }
+}
+
+fn networks() -> Vec<(String, Model, Vec<usize>)> {
+    let all = vec![1, 8, 64, 256, 1024];
+    let big_batches = if env_is("BNFOLD_BENCH_BIG") {
+        all.clone()
+    } else if env_is("BNFOLD_BENCH_QUICK") {
+        vec![1, 8]
+    } else {
+        vec![1, 8, 64]
+    };
+    let specs: [(&str, usize, bool, Vec<usize>, usize, Vec<usize>); 3] = [
+        ("tutorial", 1, true, vec![30; 7], 1, all.clone()),
+        ("wide", 784, false, vec![1024; 3], 10, all.clone()),
+        ("big", 4096, false, vec![4096; 4], 4096, big_batches),
+    ];
+    let mut out = Vec::new();
+    for (name, input, input_bn, hidden, output, batches) in specs {
+        if !wanted(name) {
+            continue;
+        }
+        let bytes = bnfold::bench::synthetic(input, input_bn, &hidden, output, 42)
+            .unwrap_or_else(|e| panic!("writing {name}: {e}"));
+        let model = Model::from_bytes(&bytes).unwrap_or_else(|e| panic!("loading {name}: {e}"));
+        out.push((name.to_owned(), model, batches));
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        let mut paths: Vec<_> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "bnw"))
+            .collect();
+        paths.sort();
+        for p in paths {
+            let name = p
+                .file_stem()
+                .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+            if !wanted(&name) && std::env::var("BNFOLD_BENCH_NETS").is_ok() {
+                continue;
+            }
+            match Model::load(&p) {
+                Ok(m) => out.push((name, m, all.clone())),
+                Err(e) => eprintln!("skipping {}: {e}", p.display()),
+            }
+        }
+    }
+    out
+}
+
+fn bench_inference(c: &mut Criterion) {
+    // One thread: the global pool has one thread and calls are made directly, as a
+    // single-threaded server makes them (no `install` hop). Two threads: a pool of two, entered
+    // with `install`, as a server running inference on its own pool does.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build_global();
+    let two = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap_or_else(|e| panic!("pool: {e}"));
+    for (name, model, batches) in networks() {
+        let mut g = c.benchmark_group(format!("inference/{name}"));
+        g.sample_size(10)
+            .measurement_time(Duration::from_secs(1))
+            .warm_up_time(Duration::from_millis(300));
+        let plans = [
+            ("folded", model.compile(&Options::folded())),
+            ("unfolded", model.compile(&Options::unfolded())),
+        ];
+        for &batch in &batches {
+            let x: Vec<f32> = (0..batch * model.input_features())
+                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            g.throughput(Throughput::Elements(batch as u64));
+            for (mode, plan) in &plans {
+                let plan = plan
+                    .as_ref()
+                    .unwrap_or_else(|e| panic!("compile {name}: {e}"));
+                let mut session = plan.session_with_capacity(batch);
+                g.bench_function(BenchmarkId::new(format!("{mode}/1t"), batch), |b| {
+                    b.iter(|| black_box(session.run(black_box(&x), batch).map(|y| y[0])))
+                });
+                g.bench_function(BenchmarkId::new(format!("{mode}/2t"), batch), |b| {
+                    b.iter(|| {
+                        two.install(|| black_box(session.run(black_box(&x), batch).map(|y| y[0])))
+                    })
+                });
+            }
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench_inference);
+criterion_main!(benches);
