@@ -36,7 +36,9 @@ fn networks() -> Vec<(String, Model, Vec<usize>)> {
     } else {
         vec![1, 8, 64]
     };
-    let specs: [(&str, usize, bool, Vec<usize>, usize, Vec<usize>); 3] = [
+    // (name, inputs, BN on the input, hidden widths, outputs, batch sizes)
+    type Spec = (&'static str, usize, bool, Vec<usize>, usize, Vec<usize>);
+    let specs: [Spec; 3] = [
         ("tutorial", 1, true, vec![30; 7], 1, all.clone()),
         ("wide", 784, false, vec![1024; 3], 10, all.clone()),
         ("big", 4096, false, vec![4096; 4], 4096, big_batches),
