@@ -369,14 +369,16 @@ fn results_do_not_depend_on_the_thread_count() {
         let ops = [EpilogueOp::Act(Activation::Relu)];
         for isa in Isa::supported() {
             let kern = kernel(isa, k, n, &w, &b);
-            let mut y1 = vec![0.0; m * n];
-            let mut y2 = vec![0.0; m * n];
-            one.install(|| kern.forward(&x, m, &mut y1, &ops));
-            two.install(|| kern.forward(&x, m, &mut y2, &ops));
-            assert!(
-                y1.iter().zip(&y2).all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{isa} {m}x{k}x{n}"
-            );
+            for blocked in [false, true] {
+                let mut y1 = vec![0.0; m * n];
+                let mut y2 = vec![0.0; m * n];
+                one.install(|| kern.forward_with_driver(&x, m, &mut y1, &ops, blocked));
+                two.install(|| kern.forward_with_driver(&x, m, &mut y2, &ops, blocked));
+                assert!(
+                    y1.iter().zip(&y2).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{isa} blocked={blocked} {m}x{k}x{n}"
+                );
+            }
         }
     }
 }

@@ -28,23 +28,38 @@ pub(crate) const SMALL_BATCH: usize = 8;
 /// would not pay (and the call needs no scratch buffer at all).
 pub(crate) const SMALL_WEIGHTS: usize = 1 << 16;
 
+/// Products whose weights and inputs together hold at most this many f32 (20 MiB, well inside
+/// the 32 MiB L3 of the target) also take the unpacked path: each 8-row chunk streams the weights
+/// from L3, which is fast enough to keep the 3x8 AVX-512 tile near peak, and the path saves the
+/// packing of `X` and the reloads of `C` between depth blocks. Measured on the target: unpacked
+/// 215-230 GFLOP/s against 195-210 blocked for 512..1024 squares and 2048x2048 at batch <= 256;
+/// past this size (2048 square) the weights come from DRAM once per chunk and blocking wins.
+pub(crate) const L3_RESIDENT: usize = 5 << 20;
+
 /// Whether a product takes the unpacked path. Decided from the whole problem (not from one
 /// task's share of it), so that the summation order never depends on the thread count.
 pub(crate) fn unpacked_path(batch: usize, k: usize, n: usize) -> bool {
-    batch <= SMALL_BATCH || k.saturating_mul(n) <= SMALL_WEIGHTS
+    let weights = k.saturating_mul(n);
+    batch <= SMALL_BATCH
+        || weights <= SMALL_WEIGHTS
+        || weights.saturating_add(batch.saturating_mul(k)) <= L3_RESIDENT
 }
 
-/// Depth of one block (`KC`): a packed `X` micro-panel is `KC * NR * 4` bytes (6 KiB for AVX-512,
-/// NR = 6), small beside the 48 KiB L1d of the target machine (AMD Zen 5), so it stays resident
-/// while the weight micro-panels stream through.
-const KC: usize = 256;
+/// Depth of one block (`KC`): a packed `X` micro-panel is `KC * NR * 4` bytes (12 KiB for
+/// AVX-512, NR = 6), a quarter of the 48 KiB L1d of the target machine (AMD Zen 5), so it stays
+/// resident while the weight micro-panels stream through from L2. Deeper blocks also mean fewer
+/// reloads of the output tile (once per block).
+const KC: usize = 512;
 
-/// Features per block (`MC`): the packed weight block is `MC * KC * 4` bytes = 512 KiB, half of the
-/// 1 MiB per-core L2, leaving room for the `X` block and the output rows.
-const MC: usize = 512;
+/// Features per block (`MC`): the weight block is `MC * KC * 4` bytes = 512 KiB, half of the
+/// 1 MiB per-core L2, leaving room for the streamed `X` micro-panels and the output rows.
+/// (KC/MC measured at 256/512, 512/256, 512/512, 384/384 and 256/1024 on the target: 512/256 was
+/// the most consistent on 2048 squares; the machine was shared, so differences under ~10% are
+/// noise.)
+const MC: usize = 256;
 
-/// Rows of `X` per block (`NC`): the packed `X` block is `NC * KC * 4` bytes = 768 KiB, sized for
-/// the shared L3 (32 MiB), and a multiple of every `NR` (6 and 8).
+/// Rows of `X` per block (`NC`): the packed `X` block is `NC * KC * 4` bytes = 1.5 MiB, in the
+/// shared L3 (32 MiB), and a multiple of every `NR` (6 and 8).
 const NC: usize = 768;
 
 /// Weights packed into panels of `lanes` features: panel `p` holds features `p*lanes ..`, as `k`

@@ -207,6 +207,33 @@ impl DenseKernel {
     /// Panics if the lengths disagree, or if a per-feature vector of `epilogue` is shorter than
     /// `outputs`.
     pub fn forward(&self, x: &[f32], batch: usize, y: &mut [f32], epilogue: &[EpilogueOp]) {
+        let unpacked = gemm::unpacked_path(batch, self.inputs, self.outputs);
+        self.forward_impl(x, batch, y, epilogue, unpacked);
+    }
+
+    /// [`DenseKernel::forward`] through the chosen driver (`blocked`: packed `X` and depth
+    /// blocks; else unpacked rows), whatever the shape, with the same parallel split. For tests
+    /// that must reach both drivers with shapes of every size.
+    #[doc(hidden)]
+    pub fn forward_with_driver(
+        &self,
+        x: &[f32],
+        batch: usize,
+        y: &mut [f32],
+        epilogue: &[EpilogueOp],
+        blocked: bool,
+    ) {
+        self.forward_impl(x, batch, y, epilogue, !blocked);
+    }
+
+    fn forward_impl(
+        &self,
+        x: &[f32],
+        batch: usize,
+        y: &mut [f32],
+        epilogue: &[EpilogueOp],
+        unpacked: bool,
+    ) {
         let (k, n) = (self.inputs, self.outputs);
         assert_eq!(Some(x.len()), batch.checked_mul(k), "x length");
         assert_eq!(Some(y.len()), batch.checked_mul(n), "y length");
@@ -220,7 +247,6 @@ impl DenseKernel {
         }
         let fam = Family::of(self.isa);
         let out = OutPtr(y.as_mut_ptr());
-        let unpacked = gemm::unpacked_path(batch, k, n);
         let panels = self.packed.panels;
         let whole = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
             // SAFETY: `self.isa` was resolved to a supported path at construction; `x` and `y`
@@ -255,43 +281,6 @@ impl DenseKernel {
             (0..panels.div_ceil(step)).into_par_iter().for_each(|t| {
                 whole(0..batch, t * step..((t + 1) * step).min(panels));
             });
-        }
-    }
-}
-
-impl DenseKernel {
-    /// [`DenseKernel::forward`] on the calling thread through the chosen driver (`blocked`:
-    /// packed `X`, depth blocks; else unpacked rows), whatever the shape. For tests that must
-    /// reach both drivers with shapes of every size.
-    #[doc(hidden)]
-    pub fn forward_with_driver(
-        &self,
-        x: &[f32],
-        batch: usize,
-        y: &mut [f32],
-        epilogue: &[EpilogueOp],
-        blocked: bool,
-    ) {
-        let (k, n) = (self.inputs, self.outputs);
-        assert_eq!(Some(x.len()), batch.checked_mul(k), "x length");
-        assert_eq!(Some(y.len()), batch.checked_mul(n), "y length");
-        check_epilogue(epilogue, n);
-        if batch == 0 || n == 0 || k == 0 {
-            return self.forward(x, batch, y, epilogue);
-        }
-        let fam = Family::of(self.isa);
-        // SAFETY: as in `forward`, with one task covering the whole output.
-        unsafe {
-            gemm::run_block(
-                !blocked,
-                fam,
-                &self.packed,
-                x,
-                0..batch,
-                0..self.packed.panels,
-                OutPtr(y.as_mut_ptr()),
-                epilogue,
-            )
         }
     }
 }
