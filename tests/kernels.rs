@@ -451,3 +451,35 @@ fn elementwise_passes_match_reference_with_special_values() {
         }
     }
 }
+
+/// `Options::kernel` reaches every dense kernel of a plan: a network compiled for each supported
+/// path, folded and unfolded, runs that path and agrees with the f64 reference forward pass.
+/// Tolerance: 1e-4 relative to max(1, |reference|) -- each of the three 64-wide dense layers adds
+/// at most ~64 f32 roundings of O(10) partial sums, and folding rounds the folded weights once.
+#[test]
+fn plan_options_force_the_kernel_path() {
+    let bytes = bnfold::bench::synthetic(20, true, &[64, 64], 5, 17).unwrap();
+    let model = bnfold::Model::from_bytes(&bytes).unwrap();
+    let batch = 11;
+    let mut g = Gen(21);
+    let x = g.vec(batch * 20, Gen::uniform);
+    let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let want = bnfold::reference::forward(&model, &x64, batch).unwrap();
+    for isa in Isa::supported() {
+        for opts in [bnfold::Options::folded(), bnfold::Options::unfolded()] {
+            let plan = model
+                .compile(&opts.with_kernel(KernelChoice::Force(isa)))
+                .unwrap();
+            assert_eq!(plan.kernel_isa(), isa);
+            let mut session = plan.session();
+            let got = session.run(&x, batch).unwrap();
+            for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g as f64 - w).abs() <= 1e-4 * w.abs().max(1.0),
+                    "{isa} {:?} at {i}: {g} vs {w}",
+                    plan.mode()
+                );
+            }
+        }
+    }
+}
