@@ -62,6 +62,61 @@ const MC: usize = 256;
 /// shared L3 (32 MiB), and a multiple of every `NR` (6 and 8).
 const NC: usize = 768;
 
+/// Memory of packed weights: large blocks are anonymous mappings advised to use transparent huge
+/// pages (on Linux), so that streaming many panels side by side does not walk a 4 KiB page table
+/// entry every 4 KiB of each stream; small ones are plain heap vectors.
+#[derive(Debug)]
+enum Store {
+    Heap(Vec<f32>),
+    Mapped(memmap2::MmapMut),
+}
+
+/// Weights of at least this many bytes (one huge page) get a mapping of their own.
+const MAPPED_MIN_BYTES: usize = 2 << 20;
+
+impl Store {
+    /// `len` zeros.
+    fn zeroed(len: usize) -> Store {
+        if let Some(bytes) = len.checked_mul(4).filter(|&b| b >= MAPPED_MIN_BYTES)
+            && let Ok(m) = memmap2::MmapMut::map_anon(bytes)
+        {
+            // Only a hint: without huge pages the mapping works the same.
+            #[cfg(target_os = "linux")]
+            let _ = m.advise(memmap2::Advice::HugePage);
+            // Mappings are page-aligned, so the f32 view cannot fail; checked anyway.
+            if bytemuck::try_cast_slice::<u8, f32>(&m[..]).is_ok() {
+                return Store::Mapped(m);
+            }
+        }
+        Store::Heap(vec![0.0; len])
+    }
+
+    fn as_slice(&self) -> &[f32] {
+        match self {
+            Store::Heap(v) => v,
+            // Cannot panic: `zeroed` checked the alignment and the length is `4 * len`.
+            Store::Mapped(m) => bytemuck::cast_slice(&m[..]),
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        match self {
+            Store::Heap(v) => v,
+            // As in `as_slice`.
+            Store::Mapped(m) => bytemuck::cast_slice_mut(&mut m[..]),
+        }
+    }
+}
+
+impl Clone for Store {
+    fn clone(&self) -> Store {
+        let src = self.as_slice();
+        let mut s = Store::zeroed(src.len());
+        s.as_mut_slice().copy_from_slice(src);
+        s
+    }
+}
+
 /// Weights packed into panels of `lanes` features: panel `p` holds features `p*lanes ..`, as `k`
 /// groups of `lanes` contiguous values (zero-padded past `n`). Packed once, when a plan is compiled.
 #[derive(Debug, Clone)]
@@ -76,7 +131,7 @@ pub(crate) struct Packed {
     /// streams would evict each other).
     pub(crate) stride: usize,
     /// `panels * stride` values starting at `offset` (64-byte aligned).
-    data: Vec<f32>,
+    data: Store,
     offset: usize,
     /// `panels * lanes` values, zero-padded.
     pub(crate) bias: Vec<f32>,
@@ -89,9 +144,9 @@ impl Packed {
         let stride = (k * lanes).div_ceil(16) * 16 + 16;
         let len = panels * stride;
         // 16 spare floats so that the panels can start on a 64-byte boundary.
-        let mut data = vec![0.0f32; len + 16];
-        let offset = data.as_ptr().align_offset(64).min(16);
-        let out = &mut data[offset..offset + len];
+        let mut data = Store::zeroed(len + 16);
+        let offset = data.as_slice().as_ptr().align_offset(64).min(16);
+        let out = &mut data.as_mut_slice()[offset..offset + len];
         for p in 0..panels {
             let panel = &mut out[p * stride..p * stride + k * lanes];
             for l in 0..lanes.min(n - p * lanes) {
@@ -117,14 +172,14 @@ impl Packed {
 
     /// Bytes held (padded weights and bias).
     pub(crate) fn bytes(&self) -> usize {
-        (self.data.len() + self.bias.len()) * 4
+        (self.data.as_slice().len() + self.bias.len()) * 4
     }
 
     /// Start of panel `p` at depth `kk`.
     fn panel_ptr(&self, p: usize, kk: usize) -> *const f32 {
         debug_assert!(p < self.panels.max(1) && kk <= self.k);
         // In bounds: `offset + p*stride + kk*lanes <= offset + len`.
-        self.data[self.offset..]
+        self.data.as_slice()[self.offset..]
             .as_ptr()
             .wrapping_add(p * self.stride + kk * self.lanes)
     }
@@ -614,5 +669,32 @@ pub(crate) fn bias_only(w: &Packed, batch: usize, y: &mut [f32], ops: &[Epilogue
     for row in y.chunks_exact_mut(w.n).take(batch) {
         row.copy_from_slice(&w.bias[..w.n]);
         super::apply_epilogue(ops, row, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Large weights live in their own mapping, small ones on the heap; both pack the same values
+    /// into the same places, and a clone copies them.
+    #[test]
+    fn packed_storage_by_size_and_clone() {
+        for (n, k, mapped) in [(3, 5, false), (1024, 600, true)] {
+            let w: Vec<f32> = (0..n * k).map(|i| i as f32).collect();
+            let b: Vec<f32> = (0..n).map(|i| -(i as f32)).collect();
+            let p = Packed::new(&w, &b, n, k, 16);
+            assert_eq!(matches!(p.data, Store::Mapped(_)), mapped);
+            let q = p.clone();
+            for pk in [&p, &q] {
+                for (f, kk) in [(0, 0), (n - 1, k - 1), (n / 2, k / 3)] {
+                    // SAFETY: panel `f / 16` at depth `kk` is inside the packed data.
+                    let v = unsafe { *pk.panel_ptr(f / 16, kk).add(f % 16) };
+                    assert_eq!(v, w[f * k + kk], "feature {f} depth {kk}");
+                }
+                assert_eq!(pk.panel_ptr(0, 0) as usize % 64, 0, "panels start on a cache line");
+                assert_eq!(pk.bias[..n], b[..]);
+            }
+        }
     }
 }
