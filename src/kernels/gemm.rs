@@ -108,18 +108,27 @@ impl Store {
     }
 }
 
-impl Clone for Store {
-    fn clone(&self) -> Store {
-        let src = self.as_slice();
-        let mut s = Store::zeroed(src.len());
-        s.as_mut_slice().copy_from_slice(src);
-        s
+impl Clone for Packed {
+    /// A copy with its own storage, its panels again on a 64-byte boundary.
+    fn clone(&self) -> Packed {
+        let src = self.data.as_slice();
+        let len = src.len() - 16;
+        let mut data = Store::zeroed(src.len());
+        let offset = data.as_slice().as_ptr().align_offset(64).min(16);
+        data.as_mut_slice()[offset..offset + len]
+            .copy_from_slice(&src[self.offset..self.offset + len]);
+        Packed {
+            data,
+            offset,
+            bias: self.bias.clone(),
+            ..*self
+        }
     }
 }
 
 /// Weights packed into panels of `lanes` features: panel `p` holds features `p*lanes ..`, as `k`
 /// groups of `lanes` contiguous values (zero-padded past `n`). Packed once, when a plan is compiled.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Packed {
     pub(crate) lanes: usize,
     pub(crate) k: usize,
@@ -692,7 +701,11 @@ mod tests {
                     let v = unsafe { *pk.panel_ptr(f / 16, kk).add(f % 16) };
                     assert_eq!(v, w[f * k + kk], "feature {f} depth {kk}");
                 }
-                assert_eq!(pk.panel_ptr(0, 0) as usize % 64, 0, "panels start on a cache line");
+                assert_eq!(
+                    pk.panel_ptr(0, 0) as usize % 64,
+                    0,
+                    "panels start on a cache line"
+                );
                 assert_eq!(pk.bias[..n], b[..]);
             }
         }
