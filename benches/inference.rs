@@ -6,6 +6,8 @@
 //! network), `wide` (784 -> 3 x 1024 Dense+BN+ReLU -> 10) and `big` (4096 -> 4 x 4096
 //! Dense+BN+ReLU -> 4096) -- plus every `models/*.bnw` in the repository.
 //!
+//! `BNFOLD_BENCH_PAIRED=1` adds an interleaved folded/unfolded comparison (see [`paired`]).
+//!
 //! Throughput is in rows per second ("elem/s"). Environment: `BNFOLD_BENCH_QUICK=1` limits `big`
 //! to batch 1 and 8; `BNFOLD_BENCH_BIG=1` runs `big` up to batch 1024 (one call is then about a
 //! second on one core); `BNFOLD_BENCH_NETS=wide,big` picks networks.
@@ -14,7 +16,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use bnfold::{Model, Options};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 
 fn env_is(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v == "1")
@@ -121,4 +123,69 @@ fn bench_inference(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench_inference);
-criterion_main!(benches);
+
+/// Folded against unfolded with the two calls interleaved: the clock and the memory bandwidth
+/// of this shared machine drift over seconds, which moves two criterion groups measured a second
+/// apart by more than folding moves them. Alternating the two modes call by call (at least 21
+/// pairs and 0.5 s per shape, one thread), then comparing medians, cancels the drift. Run with
+/// `BNFOLD_BENCH_PAIRED=1`; prints one `paired:` line per network and batch.
+fn paired() {
+    println!("paired: network batch | folded p50 | unfolded p50 | unfolded / folded");
+    for (name, model, batches) in networks() {
+        let (Ok(f), Ok(u)) = (
+            model.compile(&Options::folded()),
+            model.compile(&Options::unfolded()),
+        ) else {
+            continue;
+        };
+        for &batch in &batches {
+            let x: Vec<f32> = (0..batch * model.input_features())
+                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            let (mut sf, mut su) = (
+                f.session_with_capacity(batch),
+                u.session_with_capacity(batch),
+            );
+            let (mut tf, mut tu) = (Vec::new(), Vec::new());
+            let start = std::time::Instant::now();
+            // Warm both, then alternate.
+            for _ in 0..3 {
+                let _ = black_box(sf.run(&x, batch).map(|y| y[0]));
+                let _ = black_box(su.run(&x, batch).map(|y| y[0]));
+            }
+            while tf.len() < 21 || start.elapsed() < Duration::from_millis(500) {
+                for (s, t) in [(&mut sf, &mut tf), (&mut su, &mut tu)] {
+                    let t0 = std::time::Instant::now();
+                    let _ = black_box(s.run(black_box(&x), batch).map(|y| y[0]));
+                    t.push(t0.elapsed().as_secs_f64());
+                }
+                if tf.len() >= 100_000 {
+                    break;
+                }
+            }
+            let med = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let (mf, mu) = (med(&mut tf), med(&mut tu));
+            println!(
+                "paired: {name} {batch} | {:.3} us | {:.3} us | {:.3}",
+                mf * 1e6,
+                mu * 1e6,
+                mu / mf
+            );
+        }
+    }
+}
+
+fn main() {
+    // One thread for the paired probe and the `1t` groups (see `bench_inference`).
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build_global();
+    benches();
+    if std::env::var("BNFOLD_BENCH_PAIRED").is_ok_and(|v| v == "1") {
+        paired();
+    }
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -9,9 +9,10 @@
 //! contiguously.
 //!
 //! Two drivers share the micro-kernel:
-//! - the *small-batch* path (batch up to [`SMALL_BATCH`]): no blocking and no packing of `X`; each
-//!   packed weight is streamed once, with tiles shaped for 1, 2, 4 or 8 rows (tract's kernel
-//!   families, by batch size);
+//! - the *unpacked* path (see [`unpacked_path`]: batches up to [`SMALL_BATCH`], small layers and
+//!   L3-resident products): no blocking and no packing of `X`; rows are taken in chunks of up to 8
+//!   and each chunk streams the packed weights once, with tiles shaped for 1, 2, 4 or 8 rows
+//!   (tract's kernel families, by batch size);
 //! - the *blocked* path: the BLIS loops (`NC` rows of `X`, `KC` of depth, `MC` features, then the
 //!   `NR` x `MV*LANES` micro-tiles), with `X` packed per `KC x NC` block into `NR`-row micro-panels
 //!   that stay in L1 while the L2-resident block of `W` streams past them.
@@ -31,9 +32,10 @@ pub(crate) const SMALL_WEIGHTS: usize = 1 << 16;
 /// Products whose weights and inputs together hold at most this many f32 (20 MiB, well inside
 /// the 32 MiB L3 of the target) also take the unpacked path: each 8-row chunk streams the weights
 /// from L3, which is fast enough to keep the 3x8 AVX-512 tile near peak, and the path saves the
-/// packing of `X` and the reloads of `C` between depth blocks. Measured on the target: unpacked
-/// 215-230 GFLOP/s against 195-210 blocked for 512..1024 squares and 2048x2048 at batch <= 256;
-/// past this size (2048 square) the weights come from DRAM once per chunk and blocking wins.
+/// packing of `X` and the reloads of `C` between depth blocks. Measured on the target (both
+/// drivers back to back, default pool): unpacked 215-230 GFLOP/s against 195-210 blocked for
+/// 512..1024 squares and 2048x2048 at batch <= 256; for 4096x4096 at batch 64 the weights come
+/// from DRAM once per chunk and blocking wins (189 against 139).
 pub(crate) const L3_RESIDENT: usize = 5 << 20;
 
 /// Whether a product takes the unpacked path. Decided from the whole problem (not from one
