@@ -24,27 +24,19 @@ use super::simd::{Portable, Simd};
 /// Batches up to this size take the small-batch (streaming, unpacked) path.
 pub(crate) const SMALL_BATCH: usize = 8;
 
-/// Layers with at most this many weights (256 KiB) take the unpacked path at any batch: their
-/// packed weights stay in L2 across row chunks and no depth blocking is needed, so packing `X`
-/// would not pay (and the call needs no scratch buffer at all).
-pub(crate) const SMALL_WEIGHTS: usize = 1 << 16;
-
-/// Products whose weights and inputs together hold at most this many f32 (20 MiB, well inside
-/// the 32 MiB L3 of the target) also take the unpacked path: each 8-row chunk streams the weights
-/// from L3, which is fast enough to keep the 3x8 AVX-512 tile near peak, and the path saves the
-/// packing of `X` and the reloads of `C` between depth blocks. Measured on the target (both
-/// drivers back to back, default pool): unpacked 215-230 GFLOP/s against 195-210 blocked for
-/// 512..1024 squares and 2048x2048 at batch <= 256; for 4096x4096 at batch 64 the weights come
-/// from DRAM once per chunk and blocking wins (189 against 139).
-pub(crate) const L3_RESIDENT: usize = 5 << 20;
+/// Layers whose packed weights hold at most this many f32 (16 MiB, half of the 32 MiB L3 of the
+/// target) also take the unpacked path at any batch: each 8-row chunk streams the weights from
+/// L3, which keeps the 3x8 AVX-512 tile near peak, and the path saves the packing of `X` and the
+/// reloads of the output between depth blocks. Measured on the target, one thread, both drivers
+/// back to back (GFLOP/s, unpacked vs blocked): 2048x2048 at batch 256, 1024, 2048: 223-226 vs
+/// 213-218; 1024x1024 at batch 1024 and 4096: 225-229 vs 204-211; but 4096x4096 (64 MiB, from
+/// DRAM once per chunk) at batch 64 and 512: 148-153 vs 190-220, so larger layers are blocked.
+pub(crate) const L3_RESIDENT: usize = 4 << 20;
 
 /// Whether a product takes the unpacked path. Decided from the whole problem (not from one
 /// task's share of it), so that the summation order never depends on the thread count.
 pub(crate) fn unpacked_path(batch: usize, k: usize, n: usize) -> bool {
-    let weights = k.saturating_mul(n);
-    batch <= SMALL_BATCH
-        || weights <= SMALL_WEIGHTS
-        || weights.saturating_add(batch.saturating_mul(k)) <= L3_RESIDENT
+    batch <= SMALL_BATCH || k.saturating_mul(n) <= L3_RESIDENT
 }
 
 /// Depth of one block (`KC`): a packed `X` micro-panel is `KC * NR * 4` bytes (12 KiB for
