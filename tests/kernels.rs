@@ -168,6 +168,9 @@ fn random_floats_are_within_the_summation_error_bound() {
         // Deeper than one depth block (256) of the blocked driver: partial sums reloaded.
         (9, 600, 33),
         (70, 1000, 20),
+        // Deep and wide enough that the unpacked driver takes the panels in several L2-sized
+        // groups (with a partial group and a partial last vector).
+        (40, 1500, 300),
     ] {
         let x = g.vec(m * k, Gen::uniform);
         let w = g.vec(n * k, Gen::uniform);

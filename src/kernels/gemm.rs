@@ -24,20 +24,31 @@ use super::simd::{Portable, Simd};
 /// Batches up to this size take the small-batch (streaming, unpacked) path.
 pub(crate) const SMALL_BATCH: usize = 8;
 
-/// Layers whose packed weights hold at most this many f32 (16 MiB, half of the 32 MiB L3 of the
-/// target) also take the unpacked path at any batch: each 8-row chunk streams the weights from
-/// L3, which keeps the 3x8 AVX-512 tile near peak, and the path saves the packing of `X` and the
-/// reloads of the output between depth blocks. Measured on the target, one thread, both drivers
-/// back to back (GFLOP/s, unpacked vs blocked): 2048x2048 at batch 256, 1024, 2048: 223-226 vs
-/// 213-218; 1024x1024 at batch 1024 and 4096: 225-229 vs 204-211; but 4096x4096 (64 MiB, from
-/// DRAM once per chunk) at batch 64 and 512: 148-153 vs 190-220, so larger layers are blocked.
-pub(crate) const L3_RESIDENT: usize = 4 << 20;
+/// Layers whose weights hold at most this many f32 (16 MiB, half of the 32 MiB L3 of the target)
+/// take the unpacked path at any batch, and so do products whose inputs hold at most
+/// [`UNPACKED_MAX_INPUTS`]. The unpacked driver takes the weights in L2-sized panel groups and runs
+/// every chunk of 8 rows over each group, reading the inputs straight from the caller's rows; it
+/// saves the packing of `X` and the reloads of the output between depth blocks. Measured on the
+/// target, one thread, both drivers back to back (GFLOP/s, unpacked vs blocked): 2048x2048 at
+/// batch 256 and 2048: 226-228 vs 208-210 and 202-219 vs 200-204; 1024x1024 at 1024: 223-227 vs
+/// 197-201; 784x1024 at 64 and 1024: 224-236 vs 201-211; 4096x4096 at 64 and 512: 211-221 vs
+/// 185-214; but 4096x4096 at 1024 and 2048 (16 and 32 MiB of inputs, re-read per panel group):
+/// 193-217 vs 219-221, so those are blocked.
+pub(crate) const UNPACKED_MAX_WEIGHTS: usize = 4 << 20;
+
+/// See [`UNPACKED_MAX_WEIGHTS`]: 8 MiB of inputs.
+pub(crate) const UNPACKED_MAX_INPUTS: usize = 2 << 20;
 
 /// Whether a product takes the unpacked path. Decided from the whole problem (not from one
 /// task's share of it), so that the summation order never depends on the thread count.
 pub(crate) fn unpacked_path(batch: usize, k: usize, n: usize) -> bool {
-    batch <= SMALL_BATCH || k.saturating_mul(n) <= L3_RESIDENT
+    batch <= SMALL_BATCH
+        || k.saturating_mul(n) <= UNPACKED_MAX_WEIGHTS
+        || batch.saturating_mul(k) <= UNPACKED_MAX_INPUTS
 }
+
+/// Weights per panel group of the unpacked path with many rows (a quarter of the 1 MiB L2).
+const UNPACKED_GROUP_BYTES: usize = 256 << 10;
 
 /// Depth of one block (`KC`): a packed `X` micro-panel is `KC * NR * 4` bytes (12 KiB for
 /// AVX-512, NR = 6), a quarter of the 48 KiB L1d of the target machine (AMD Zen 5), so it stays
@@ -548,37 +559,45 @@ pub(crate) unsafe fn run_block(
     };
 
     if unpacked {
-        let mut r = rows.start;
-        while r < rows.end {
-            let (nr, mv, full, one) = fam.small[(rows.end - r).min(SMALL_BATCH)];
-            let nrows = nr.min(rows.end - r);
-            let mut p = panels.start;
-            while p < panels.end {
-                let (m, f) = if panels.end - p >= mv {
-                    (mv, full)
-                } else {
-                    (1, one)
-                };
-                let t = TileArgs {
-                    kc: k,
-                    a: w.panel_ptr(p, 0),
-                    a_stride: w.stride,
-                    x: x.as_ptr().wrapping_add(r * k),
-                    x_rs: k,
-                    rows: nrows,
-                    c: y.0.wrapping_add(r * n + p * l),
-                    ldc: n,
-                    lanes_last: lanes_of(p + m),
-                    accumulate: false,
-                    epi: Some(epi(p)),
-                };
-                // SAFETY: the tile covers panels `p..p+m` (inside `w`), rows `r..r+nrows` of `x`
-                // and `y`; the function contract gives the ISA and the buffers.
-                unsafe { f(&t) };
-                post(r, nrows, p, p + m);
-                p += m;
+        // With more than one chunk of rows, take the panels in groups that stay in L2 while every
+        // chunk of rows passes over them: the weights then come from L3 once per call, not once
+        // per chunk (the inputs are re-read per group instead, far fewer bytes).
+        let mv8 = fam.small[SMALL_BATCH].1;
+        let group = if rows.len() <= SMALL_BATCH {
+            panels.len().max(1)
+        } else {
+            (UNPACKED_GROUP_BYTES / (w.stride * 4)).max(mv8) / mv8 * mv8
+        };
+        for g0 in panels.clone().step_by(group) {
+            let g1 = (g0 + group).min(panels.end);
+            let mut r = rows.start;
+            while r < rows.end {
+                let (nr, mv, full, one) = fam.small[(rows.end - r).min(SMALL_BATCH)];
+                let nrows = nr.min(rows.end - r);
+                let mut p = g0;
+                while p < g1 {
+                    let (m, f) = if g1 - p >= mv { (mv, full) } else { (1, one) };
+                    let t = TileArgs {
+                        kc: k,
+                        a: w.panel_ptr(p, 0),
+                        a_stride: w.stride,
+                        x: x.as_ptr().wrapping_add(r * k),
+                        x_rs: k,
+                        rows: nrows,
+                        c: y.0.wrapping_add(r * n + p * l),
+                        ldc: n,
+                        lanes_last: lanes_of(p + m),
+                        accumulate: false,
+                        epi: Some(epi(p)),
+                    };
+                    // SAFETY: the tile covers panels `p..p+m` (inside `w`), rows `r..r+nrows` of
+                    // `x` and `y`; the function contract gives the ISA and the buffers.
+                    unsafe { f(&t) };
+                    post(r, nrows, p, p + m);
+                    p += m;
+                }
+                r += nrows;
             }
-            r += nrows;
         }
         return;
     }
