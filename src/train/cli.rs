@@ -191,7 +191,12 @@ pub fn run(cmd: &TrainCommand) -> Result<(), Box<dyn std::error::Error>> {
                 );
                 println!("final full-data MSE with BN    {w:.6e}");
                 println!("final full-data MSE without BN {wo:.6e}");
-                println!("ratio without / with BN        {:.3e}", wo / w);
+                match outcome.without_bn_diverged_at() {
+                    Some(step) => println!(
+                        "ratio without / with BN        infinite: without BN, SGD diverged (non-finite loss from step {step})"
+                    ),
+                    None => println!("ratio without / with BN        {:.3e}", wo / w),
+                }
                 println!(
                     "wrote {}, {}, {}",
                     out.display(),

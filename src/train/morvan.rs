@@ -126,6 +126,15 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The first recorded step at which the network without BN had a non-finite loss (it
+    /// diverged), if any.
+    pub fn without_bn_diverged_at(&self) -> Option<usize> {
+        self.history
+            .iter()
+            .find(|r| !r.without_bn.is_finite())
+            .map(|r| r.step)
+    }
+
     /// The last recorded losses: `(with BN, without BN)`.
     pub fn final_losses(&self) -> (f64, f64) {
         self.history
@@ -218,6 +227,10 @@ pub fn writer(cfg: &Config, outcome: &Outcome) -> Result<Writer> {
             "MSE over all samples, inference mode (EMA statistics)".to_owned(),
         ),
     ];
-    let meta: Vec<(String, String)> = meta.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    let mut meta: Vec<(String, String)> =
+        meta.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    if let Some(step) = outcome.without_bn_diverged_at() {
+        meta.push(("without_bn_diverged_at_step".into(), step.to_string()));
+    }
     outcome.with_bn.to_writer(&meta)
 }

@@ -660,3 +660,105 @@ impl Network {
         Ok(w)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(loss: Loss, activation: Activation) -> Spec {
+        Spec {
+            inputs: 3,
+            hidden: vec![5, 4],
+            outputs: if loss == Loss::Mse { 2 } else { 3 },
+            activation,
+            input_batch_norm: true,
+            batch_norm: true,
+            eps: 1e-3,
+            ema: Ema::new(0.9),
+            init: Init::Normal {
+                std: 0.7,
+                bias: 0.1,
+            },
+            loss,
+        }
+    }
+
+    /// The training-mode loss of the current parameters (no EMA update, no parameter change).
+    fn loss_of(net: &mut Network, x: &[f32], batch: usize, t: Targets<'_>) -> f64 {
+        let scores = net.forward_train(x, batch).expect("valid batch").to_vec();
+        net.loss(&scores, batch, t).expect("valid targets").0
+    }
+
+    /// Whole-network backward pass (dense, BN with batch moments, activation, input BN, loss)
+    /// against central differences of the f32 training loss. f32 limits the agreement: with step
+    /// h = 1e-2 the rounding noise of the loss (about 1e-7 relative) divided by 2h is ~1e-5 of the
+    /// loss, and the truncation error is O(h^2); 2e-2 of the largest gradient leaves room for
+    /// both while a wrong transpose, sign or missing term gives errors of order 1.
+    fn check_gradients(loss: Loss, activation: Activation) {
+        let batch = 6;
+        let mut net = Network::new(spec(loss, activation), 7).expect("valid spec");
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let x: Vec<f32> = (0..batch * 3)
+            .map(|_| (normal(&mut rng) * 2.0 + 1.0) as f32)
+            .collect();
+        let values: Vec<f32> = (0..batch * 2).map(|_| normal(&mut rng) as f32).collect();
+        let classes: Vec<u8> = (0..batch as u8).map(|i| i % 3).collect();
+        let t = match loss {
+            Loss::Mse => Targets::Values(&values),
+            Loss::SoftmaxCrossEntropy => Targets::Classes(&classes),
+        };
+        // Non-trivial gamma and beta, so their gradients matter.
+        for (i, p) in net.params_mut().into_iter().enumerate() {
+            p.value
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, v)| *v += 0.05 * ((i + j) % 5) as f32);
+        }
+        net.sync_bn();
+        let scores = net.forward_train(&x, batch).expect("valid batch").to_vec();
+        let (_, dout) = net.loss(&scores, batch, t).expect("valid targets");
+        net.backward(&dout, batch);
+        let analytic: Vec<Vec<f32>> = net.params_mut().iter().map(|p| p.grad.clone()).collect();
+        let scale = analytic.iter().flatten().fold(0f32, |m, g| m.max(g.abs()));
+        let h = 1e-2f32;
+        for (pi, grads) in analytic.iter().enumerate() {
+            for (j, &g) in grads.iter().enumerate() {
+                let mut at = |delta: f32| {
+                    net.params_mut()[pi].value[j] += delta;
+                    net.sync_bn();
+                    let l = loss_of(&mut net, &x, batch, t);
+                    net.params_mut()[pi].value[j] -= delta;
+                    net.sync_bn();
+                    l
+                };
+                let numeric = ((at(h) - at(-h)) / (2.0 * h as f64)) as f32;
+                assert!(
+                    (numeric - g).abs() <= 2e-2 * scale,
+                    "{loss:?}/{activation:?}: param {pi}[{j}]: analytic {g}, numeric {numeric} (scale {scale})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn backward_matches_finite_differences_mse_tanh() {
+        check_gradients(Loss::Mse, Activation::Tanh);
+    }
+
+    #[test]
+    fn backward_matches_finite_differences_cross_entropy_gelu() {
+        check_gradients(Loss::SoftmaxCrossEntropy, Activation::GeluErf);
+    }
+
+    #[test]
+    fn backward_matches_finite_differences_sigmoid_and_gelu_tanh() {
+        check_gradients(Loss::Mse, Activation::Sigmoid);
+        check_gradients(Loss::SoftmaxCrossEntropy, Activation::GeluTanh);
+    }
+
+    #[test]
+    fn softmax_is_rejected_as_a_hidden_activation() {
+        let s = spec(Loss::Mse, Activation::Softmax);
+        assert!(matches!(Network::new(s, 0), Err(TrainError::Spec(_))));
+    }
+}
