@@ -144,6 +144,8 @@ pub fn backward<T: Real>(
     }
 }
 
+use super::optim::Param;
+
 /// How the moving averages of the batch moments are kept.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Ema {
@@ -179,10 +181,10 @@ impl Ema {
 /// The shadows start at zero, as TF1's `ExponentialMovingAverage` starts the shadow of a tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchNorm {
-    /// Scale, starts at 1.
-    pub gamma: Vec<f32>,
-    /// Shift, starts at 0.
-    pub beta: Vec<f32>,
+    /// Scale, starts at 1 (trainable).
+    pub gamma: Param,
+    /// Shift, starts at 0 (trainable).
+    pub beta: Param,
     /// EMA of the batch means (the shadow), kept in f64 and rounded once at export.
     pub moving_mean: Vec<f64>,
     /// EMA of the biased batch variances.
@@ -199,8 +201,8 @@ impl BatchNorm {
     /// A fresh layer over `features` features.
     pub fn new(features: usize, eps: f64, ema: Ema) -> Self {
         BatchNorm {
-            gamma: vec![1.0; features],
-            beta: vec![0.0; features],
+            gamma: Param::new(vec![1.0; features]),
+            beta: Param::new(vec![0.0; features]),
             moving_mean: vec![0.0; features],
             moving_var: vec![0.0; features],
             eps,
@@ -211,7 +213,7 @@ impl BatchNorm {
 
     /// Features normalised.
     pub fn features(&self) -> usize {
-        self.gamma.len()
+        self.gamma.value.len()
     }
 
     /// Fold one batch's moments into the moving averages: one update, with the decay the schedule
@@ -249,7 +251,7 @@ impl BatchNorm {
         let f = self.features();
         for row in v.chunks_exact_mut(f) {
             for j in 0..f {
-                row[j] = self.gamma[j] * (row[j] - mean[j]) / denom[j] + self.beta[j];
+                row[j] = self.gamma.value[j] * (row[j] - mean[j]) / denom[j] + self.beta.value[j];
             }
         }
     }

@@ -133,13 +133,10 @@ struct LayerCache {
 pub struct Network {
     spec: Spec,
     input_bn: Option<BatchNorm>,
-    input_gamma: Param,
-    input_beta: Param,
     /// Hidden blocks then the output layer.
     dense: Vec<Dense>,
-    /// One per hidden block when `spec.batch_norm`, with their trainable gamma and beta.
+    /// One per hidden block when `spec.batch_norm`.
     bns: Vec<BatchNorm>,
-    bn_params: Vec<(Param, Param)>,
     steps: u64,
     // Scratch of the last training forward pass.
     input_xhat: Vec<f32>,
@@ -249,26 +246,15 @@ impl Network {
         } else {
             Vec::new()
         };
-        let bn_params = bns
-            .iter()
-            .map(|b| (Param::new(b.gamma.clone()), Param::new(b.beta.clone())))
-            .collect();
         let input_bn = spec
             .input_batch_norm
             .then(|| BatchNorm::new(spec.inputs, spec.eps, spec.ema));
-        let (input_gamma, input_beta) = (
-            Param::new(vec![1.0; spec.inputs]),
-            Param::new(vec![0.0; spec.inputs]),
-        );
         Ok(Network {
             caches: (0..dense.len()).map(|_| LayerCache::default()).collect(),
             spec,
             input_bn,
-            input_gamma,
-            input_beta,
             dense,
             bns,
-            bn_params,
             steps: 0,
             input_xhat: Vec::new(),
             input_moments: BatchMoments::default(),
@@ -286,7 +272,7 @@ impl Network {
         self.steps
     }
 
-    /// The input BN layer, if any (gamma and beta as of the last step).
+    /// The input BN layer, if any.
     pub fn input_batch_norm(&self) -> Option<&BatchNorm> {
         self.input_bn.as_ref()
     }
@@ -296,7 +282,7 @@ impl Network {
         &self.bns
     }
 
-    /// Mutable access to every BN layer, input BN first (for tests that set statistics).
+    /// Mutable access to every BN layer, input BN first (for tests and hand-built networks).
     pub fn batch_norms_mut(&mut self) -> impl Iterator<Item = &mut BatchNorm> {
         self.input_bn.iter_mut().chain(self.bns.iter_mut())
     }
@@ -335,18 +321,6 @@ impl Network {
         Ok(())
     }
 
-    // Push gamma/beta from their Params into the BN structs, so both views agree.
-    fn sync_bn(&mut self) {
-        if let Some(bn) = &mut self.input_bn {
-            bn.gamma.copy_from_slice(&self.input_gamma.value);
-            bn.beta.copy_from_slice(&self.input_beta.value);
-        }
-        for (bn, (g, b)) in self.bns.iter_mut().zip(&self.bn_params) {
-            bn.gamma.copy_from_slice(&g.value);
-            bn.beta.copy_from_slice(&b.value);
-        }
-    }
-
     /// Forward pass in training mode: every BN normalises with the batch's own moments. Keeps what
     /// the backward pass needs and returns the network outputs (scores before any softmax).
     ///
@@ -354,14 +328,14 @@ impl Network {
     pub fn forward_train(&mut self, x: &[f32], batch: usize) -> Result<&[f32]> {
         self.check_batch(x, batch)?;
         let mut h = x.to_vec();
-        if self.input_bn.is_some() {
+        if let Some(ibn) = &self.input_bn {
             let mut y = vec![0.0; h.len()];
             self.input_xhat = vec![0.0; h.len()];
             self.input_moments = bn::forward_train(
                 &h,
                 batch,
-                &self.input_gamma.value,
-                &self.input_beta.value,
+                &ibn.gamma.value,
+                &ibn.beta.value,
                 self.spec.eps,
                 &mut y,
                 &mut self.input_xhat,
@@ -377,14 +351,14 @@ impl Network {
                 h = z;
                 break;
             }
-            if let Some((g, b)) = self.bn_params.get(i) {
+            if let Some(hbn) = self.bns.get(i) {
                 let mut y = vec![0.0; z.len()];
                 cache.xhat = vec![0.0; z.len()];
                 cache.moments = bn::forward_train(
                     &z,
                     batch,
-                    &g.value,
-                    &b.value,
+                    &hbn.gamma.value,
+                    &hbn.beta.value,
                     self.spec.eps,
                     &mut y,
                     &mut cache.xhat,
@@ -482,17 +456,17 @@ impl Network {
                 for ((g, &u), &a) in dh.iter_mut().zip(&cache.pre_act).zip(&cache.post_act) {
                     *g *= act_grad(act, u, a);
                 }
-                if let Some((gp, bp)) = self.bn_params.get_mut(i) {
+                if let Some(hbn) = self.bns.get_mut(i) {
                     let mut dz = vec![0.0; dh.len()];
                     bn::backward(
                         &dh,
                         &cache.xhat,
                         batch,
-                        &gp.value,
+                        &hbn.gamma.value,
                         &cache.moments.inv_std,
                         &mut dz,
-                        &mut gp.grad,
-                        &mut bp.grad,
+                        &mut hbn.gamma.grad,
+                        &mut hbn.beta.grad,
                     );
                     dh = dz;
                 }
@@ -514,17 +488,18 @@ impl Network {
                 dh = dx;
             }
         }
-        if self.input_bn.is_some() {
+        if let Some(ibn) = &mut self.input_bn {
+            // Only gamma's and beta's gradients are needed: the input is data.
             let mut dx = vec![0.0; dh.len()];
             bn::backward(
                 &dh,
                 &self.input_xhat,
                 batch,
-                &self.input_gamma.value,
+                &ibn.gamma.value,
                 &self.input_moments.inv_std,
                 &mut dx,
-                &mut self.input_gamma.grad,
-                &mut self.input_beta.grad,
+                &mut ibn.gamma.grad,
+                &mut ibn.beta.grad,
             );
         }
     }
@@ -532,17 +507,17 @@ impl Network {
     /// Every trainable parameter, in a fixed order.
     pub fn params_mut(&mut self) -> Vec<&mut Param> {
         let mut out: Vec<&mut Param> = Vec::new();
-        if self.input_bn.is_some() {
-            out.push(&mut self.input_gamma);
-            out.push(&mut self.input_beta);
+        if let Some(ibn) = &mut self.input_bn {
+            out.push(&mut ibn.gamma);
+            out.push(&mut ibn.beta);
         }
         for d in &mut self.dense {
             out.push(&mut d.weight);
             out.push(&mut d.bias);
         }
-        for (g, b) in &mut self.bn_params {
-            out.push(g);
-            out.push(b);
+        for bn in &mut self.bns {
+            out.push(&mut bn.gamma);
+            out.push(&mut bn.beta);
         }
         out
     }
@@ -567,7 +542,6 @@ impl Network {
         }
         self.backward(&dout, batch);
         opt.step(&mut self.params_mut());
-        self.sync_bn();
         self.steps += 1;
         Ok(loss)
     }
@@ -616,8 +590,8 @@ impl Network {
                 "input_bn",
                 DType::F32,
                 bn.eps,
-                Some(&bn.gamma),
-                Some(&bn.beta),
+                Some(&bn.gamma.value),
+                Some(&bn.beta.value),
                 &mean,
                 &var,
             )?;
@@ -646,8 +620,8 @@ impl Network {
                     &format!("bn{}", i + 1),
                     DType::F32,
                     bn.eps,
-                    Some(&bn.gamma),
-                    Some(&bn.beta),
+                    Some(&bn.gamma.value),
+                    Some(&bn.beta.value),
                     &mean,
                     &var,
                 )?;
@@ -714,7 +688,6 @@ mod tests {
                 .enumerate()
                 .for_each(|(j, v)| *v += 0.05 * ((i + j) % 5) as f32);
         }
-        net.sync_bn();
         let scores = net.forward_train(&x, batch).expect("valid batch").to_vec();
         let (_, dout) = net.loss(&scores, batch, t).expect("valid targets");
         net.backward(&dout, batch);
@@ -725,10 +698,8 @@ mod tests {
             for (j, &g) in grads.iter().enumerate() {
                 let mut at = |delta: f32| {
                     net.params_mut()[pi].value[j] += delta;
-                    net.sync_bn();
                     let l = loss_of(&mut net, &x, batch, t);
                     net.params_mut()[pi].value[j] -= delta;
-                    net.sync_bn();
                     l
                 };
                 let numeric = ((at(h) - at(-h)) / (2.0 * h as f64)) as f32;
