@@ -524,3 +524,63 @@ fn shipped_morvan_model_loads_and_records_its_experiment() {
     // The noise alone has variance 64; a fitted network ends within a small factor of it.
     assert!(loss.is_finite() && loss < 200.0, "final loss {loss}");
 }
+
+#[test]
+fn loss_plot_is_a_png_with_both_curves() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("loss.png");
+    let a: Vec<(f64, f64)> = (1..=50).map(|i| (i as f64, 1000.0 / i as f64)).collect();
+    let b: Vec<(f64, f64)> = (1..=50)
+        .map(|i| (i as f64, 2000.0 - 10.0 * i as f64))
+        .collect();
+    let series = [
+        bnfold::train::plot::Series {
+            label: "a",
+            color: (31, 119, 180),
+            points: &a,
+        },
+        bnfold::train::plot::Series {
+            label: "b",
+            color: (214, 39, 40),
+            points: &b,
+        },
+    ];
+    bnfold::train::plot::log_curves(&path, "t", "x", "y", &series, (400, 300)).expect("plots");
+    let png = std::fs::read(&path).expect("written");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    // IHDR: width and height, big-endian, right after the chunk length and type.
+    assert_eq!(&png[16..24], &[0, 0, 1, 144, 0, 0, 1, 44]);
+    // A plot with nothing finite to draw is an error, not an empty picture.
+    let nan = [(1.0, f64::NAN), (2.0, f64::NAN)];
+    let bad = [bnfold::train::plot::Series {
+        label: "n",
+        color: (0, 0, 0),
+        points: &nan,
+    }];
+    assert!(bnfold::train::plot::log_curves(&path, "t", "x", "y", &bad, (400, 300)).is_err());
+}
+
+#[test]
+fn train_digits_command_writes_a_loadable_model_and_the_sample() {
+    use bnfold::train::cli::{TrainCommand, run};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (out, sample) = (dir.path().join("d.bnw"), dir.path().join("s.csv"));
+    let cmd = TrainCommand::Digits {
+        data: root().join(digits::DEFAULT_DATA),
+        epochs: 1,
+        seed: 5,
+        out: out.clone(),
+        sample: sample.clone(),
+        quiet: true,
+    };
+    run(&cmd).expect("trains");
+    let model = Model::load(&out).expect("loads");
+    assert_eq!((model.input_features(), model.output_features()), (64, 10));
+    assert_eq!(model.metadata_value("seed"), Some("5"));
+    let m = bnfold::io::read_matrix(&sample, false).expect("sample");
+    assert_eq!((m.rows, m.cols), (8, 64));
+    // Bad data is a typed error, not a panic.
+    let bad = dir.path().join("bad.csv.gz");
+    std::fs::write(&bad, b"not gzip").expect("write");
+    assert!(digits::load(&bad).is_err());
+}
