@@ -640,13 +640,17 @@ mod tests {
     use super::*;
 
     fn spec(loss: Loss, activation: Activation) -> Spec {
+        spec_bn(loss, activation, true)
+    }
+
+    fn spec_bn(loss: Loss, activation: Activation, bn: bool) -> Spec {
         Spec {
             inputs: 3,
             hidden: vec![5, 4],
             outputs: if loss == Loss::Mse { 2 } else { 3 },
             activation,
-            input_batch_norm: true,
-            batch_norm: true,
+            input_batch_norm: bn,
+            batch_norm: bn,
             eps: 1e-3,
             ema: Ema::new(0.9),
             init: Init::Normal {
@@ -669,8 +673,12 @@ mod tests {
     /// loss, and the truncation error is O(h^2); 2e-2 of the largest gradient leaves room for
     /// both while a wrong transpose, sign or missing term gives errors of order 1.
     fn check_gradients(loss: Loss, activation: Activation) {
+        check_gradients_bn(loss, activation, true);
+    }
+
+    fn check_gradients_bn(loss: Loss, activation: Activation, bn: bool) {
         let batch = 6;
-        let mut net = Network::new(spec(loss, activation), 7).expect("valid spec");
+        let mut net = Network::new(spec_bn(loss, activation, bn), 7).expect("valid spec");
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let x: Vec<f32> = (0..batch * 3)
             .map(|_| (normal(&mut rng) * 2.0 + 1.0) as f32)
@@ -725,6 +733,12 @@ mod tests {
     fn backward_matches_finite_differences_sigmoid_and_gelu_tanh() {
         check_gradients(Loss::Mse, Activation::Sigmoid);
         check_gradients(Loss::SoftmaxCrossEntropy, Activation::GeluTanh);
+    }
+
+    #[test]
+    fn backward_matches_finite_differences_without_bn() {
+        check_gradients_bn(Loss::Mse, Activation::Tanh, false);
+        check_gradients_bn(Loss::SoftmaxCrossEntropy, Activation::GeluErf, false);
     }
 
     #[test]
