@@ -106,9 +106,7 @@ pub enum FormatError {
         actual: u64,
     },
     /// The stored CRC-32 does not match the bytes.
-    #[error(
-        "checksum mismatch: stored CRC-32 {stored:#010x}, computed {computed:#010x} (file is corrupt)"
-    )]
+    #[error("checksum mismatch: stored CRC-32 {stored:#010x}, computed {computed:#010x} (file is corrupt)")]
     ChecksumMismatch {
         /// CRC in the header.
         stored: u32,
@@ -194,9 +192,7 @@ pub enum FormatError {
         declared: u64,
     },
     /// The tensor's bytes are not inside the data section.
-    #[error(
-        "tensor '{tensor}': bytes {offset}..{offset}+{len} lie outside the {data_len}-byte data section"
-    )]
+    #[error("tensor '{tensor}': bytes {offset}..{offset}+{len} lie outside the {data_len}-byte data section")]
     TensorOutOfBounds {
         /// Tensor name.
         tensor: String,
@@ -246,9 +242,7 @@ pub enum FormatError {
         code: u8,
     },
     /// A layer refers to a tensor index that does not exist.
-    #[error(
-        "layer {index}: {field} refers to tensor {tensor_index}, but there are {count} tensors"
-    )]
+    #[error("layer {index}: {field} refers to tensor {tensor_index}, but there are {count} tensors")]
     BadTensorIndex {
         /// Layer index.
         index: usize,

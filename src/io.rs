@@ -41,13 +41,9 @@ pub fn read_matrix(path: &Path, header: bool) -> Result<Matrix> {
 
 fn read_npy(path: &Path) -> Result<Matrix> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let npy = npyz::NpyFile::new(&bytes[..])
-        .map_err(|e| other(path, format!("not a valid .npy file: {e}")))?;
+    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| other(path, format!("not a valid .npy file: {e}")))?;
     if npy.order() != npyz::Order::C {
-        return Err(other(
-            path,
-            "Fortran-order arrays are not supported; save with C order",
-        ));
+        return Err(other(path, "Fortran-order arrays are not supported; save with C order"));
     }
     let shape = npy.shape().to_vec();
     let (rows, cols) = match shape[..] {
@@ -100,10 +96,7 @@ fn read_csv(path: &Path, header: bool) -> Result<Matrix> {
             Some(c) if c != rec.len() => {
                 return Err(other(
                     path,
-                    format!(
-                        "line {line} has {} values, earlier lines have {c}",
-                        rec.len()
-                    ),
+                    format!("line {line} has {} values, earlier lines have {c}", rec.len()),
                 ));
             }
             _ => {}
@@ -115,11 +108,7 @@ fn read_csv(path: &Path, header: bool) -> Result<Matrix> {
                     format!(
                         "line {line}, column {}: '{field}' is not a number{}",
                         c + 1,
-                        if r == 0 && !header {
-                            " (if this is a header line, pass --header)"
-                        } else {
-                            ""
-                        }
+                        if r == 0 && !header { " (if this is a header line, pass --header)" } else { "" }
                     ),
                 )
             })?;

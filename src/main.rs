@@ -10,11 +10,7 @@ use clap::{Parser, Subcommand};
 use rand::{RngExt, SeedableRng};
 
 #[derive(Parser)]
-#[command(
-    name = "bnfold",
-    version,
-    about = "Inference for dense networks with Batch Normalization folded in at load time"
-)]
+#[command(name = "bnfold", version, about = "Inference for dense networks with Batch Normalization folded in at load time")]
 struct Cli {
     /// Worker threads for large layers (default: one per core).
     #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
@@ -90,11 +86,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // Help and version go to stdout with success; usage errors print one message.
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
     if let Some(n) = cli.threads {
@@ -123,15 +115,7 @@ fn main() -> ExitCode {
             seed,
             scale,
             tolerance,
-        } => verify(
-            &file,
-            input.as_deref(),
-            header,
-            batch as usize,
-            seed,
-            scale,
-            tolerance,
-        ),
+        } => verify(&file, input.as_deref(), header, batch as usize, seed, scale, tolerance),
         Command::Train { what } => bnfold::train::cli::run(&what).map(|()| ExitCode::SUCCESS),
     };
     match result {
@@ -180,9 +164,7 @@ fn inspect(file: &Path, json: bool) -> CliResult {
                 ),
             ),
             LayerKind::Activation(a) => match a {
-                bnfold::Activation::LeakyRelu { alpha } => {
-                    (String::new(), format!("leaky_relu alpha={alpha}"))
-                }
+                bnfold::Activation::LeakyRelu { alpha } => (String::new(), format!("leaky_relu alpha={alpha}")),
                 a => (String::new(), a.name().to_owned()),
             },
         }
@@ -221,33 +203,15 @@ fn inspect(file: &Path, json: bool) -> CliResult {
     println!("file      {}", file.display());
     println!("format    bnfold v{}.{}", h.version_major, h.version_minor);
     println!("checksum  crc32 {:08x} (verified)", h.checksum);
-    println!(
-        "network   {} -> {} features, {} layers, {} tensors",
-        model.input_features(),
-        model.output_features(),
-        model.layers().len(),
-        tensors.len()
-    );
+    println!("network   {} -> {} features, {} layers, {} tensors", model.input_features(), model.output_features(), model.layers().len(), tensors.len());
     println!("\nlayers");
     for (i, l) in model.layers().iter().enumerate() {
         let (shape, detail) = layer_desc(&l.kind);
-        println!(
-            "  {i:>3}  {:<10} {:<20} {:<12} {detail}",
-            l.kind.kind_name(),
-            l.name,
-            shape
-        );
+        println!("  {i:>3}  {:<10} {:<20} {:<12} {detail}", l.kind.kind_name(), l.name, shape);
     }
     println!("\ntensors");
     for t in tensors {
-        println!(
-            "  {:<28} {:<5} {:<14} {:>10} bytes at {}",
-            t.name,
-            t.dtype.name(),
-            format!("{:?}", t.shape),
-            t.byte_len,
-            t.file_offset
-        );
+        println!("  {:<28} {:<5} {:<14} {:>10} bytes at {}", t.name, t.dtype.name(), format!("{:?}", t.shape), t.byte_len, t.file_offset);
     }
     if !model.metadata().is_empty() {
         println!("\nmetadata");
@@ -271,21 +235,11 @@ fn check_width(m: &Matrix, model: &Model, path: &Path) -> Result<(), bnfold::Err
     Ok(())
 }
 
-fn run(
-    file: &Path,
-    input: &Path,
-    output: Option<&Path>,
-    unfolded: bool,
-    header: bool,
-) -> CliResult {
+fn run(file: &Path, input: &Path, output: Option<&Path>, unfolded: bool, header: bool) -> CliResult {
     let model = Model::load(file)?;
     let x = read_matrix(input, header)?;
     check_width(&x, &model, input)?;
-    let opts = if unfolded {
-        Options::unfolded()
-    } else {
-        Options::folded()
-    };
+    let opts = if unfolded { Options::unfolded() } else { Options::folded() };
     let plan = model.compile(&opts)?;
     drop(model);
     let mut session = plan.session();
@@ -352,12 +306,8 @@ fn verify(
             }
         }
     };
-    let folded = model
-        .compile(&Options::folded())?
-        .run_traced(&x.data, x.rows)?;
-    let unfolded = model
-        .compile(&Options::unfolded())?
-        .run_traced(&x.data, x.rows)?;
+    let folded = model.compile(&Options::folded())?.run_traced(&x.data, x.rows)?;
+    let unfolded = model.compile(&Options::unfolded())?.run_traced(&x.data, x.rows)?;
     let x64: Vec<f64> = x.data.iter().map(|&v| v as f64).collect();
     let reference = bnfold::reference::forward_all(&model, &x64, x.rows)?;
 
@@ -371,15 +321,7 @@ fn verify(
     );
     println!(
         "{:>5}  {:<10} {:<18} {:>11} {:>11} {:>11}   {:>11} {:>11} {:>11}",
-        "layer",
-        "kind",
-        "name",
-        "fold abs",
-        "fold rel",
-        "fold norm",
-        "unfold abs",
-        "unfold rel",
-        "unfold norm"
+        "layer", "kind", "name", "fold abs", "fold rel", "fold norm", "unfold abs", "unfold rel", "unfold norm"
     );
     let mut worst = 0f64;
     let mut folded_iter = folded.iter().peekable();
@@ -408,25 +350,14 @@ fn verify(
             fmt3(Some(u))
         );
     }
-    if let (Some((_, fy)), Some((_, uy)), Some(r)) =
-        (folded.last(), unfolded.last(), reference.last())
-    {
+    if let (Some((_, fy)), Some((_, uy)), Some(r)) = (folded.last(), unfolded.last(), reference.last()) {
         let f = errors(fy, r);
         let u = errors(uy, r);
         let fu = errors(fy, &uy.iter().map(|&v| v as f64).collect::<Vec<_>>());
         println!("\noverall (network output):");
-        println!(
-            "  folded   vs f64 reference: max abs {:.3e}, max rel {:.3e}, normwise {:.3e}",
-            f.0, f.1, f.2
-        );
-        println!(
-            "  unfolded vs f64 reference: max abs {:.3e}, max rel {:.3e}, normwise {:.3e}",
-            u.0, u.1, u.2
-        );
-        println!(
-            "  folded   vs unfolded     : max abs {:.3e}, max rel {:.3e}, normwise {:.3e}",
-            fu.0, fu.1, fu.2
-        );
+        println!("  folded   vs f64 reference: max abs {:.3e}, max rel {:.3e}, normwise {:.3e}", f.0, f.1, f.2);
+        println!("  unfolded vs f64 reference: max abs {:.3e}, max rel {:.3e}, normwise {:.3e}", u.0, u.1, u.2);
+        println!("  folded   vs unfolded     : max abs {:.3e}, max rel {:.3e}, normwise {:.3e}", fu.0, fu.1, fu.2);
     }
     if worst <= tolerance {
         println!("PASS: worst normwise error {worst:.3e} <= tolerance {tolerance:e}");

@@ -356,12 +356,8 @@ impl Model {
                         }
                     }
                     self.checked_tensor(index, "moving_mean", moving_mean, &[features])?;
-                    let var = self.checked_tensor(
-                        index,
-                        "moving_variance",
-                        moving_variance,
-                        &[features],
-                    )?;
+                    let var =
+                        self.checked_tensor(index, "moving_variance", moving_variance, &[features])?;
                     for feature in 0..features {
                         let v = var.get_f64(feature);
                         if v < 0.0 {
@@ -384,9 +380,7 @@ impl Model {
                 LayerKind::Activation(a) => {
                     if let Activation::LeakyRelu { alpha } = a {
                         if !alpha.is_finite() {
-                            return Err(
-                                self.layer_err(index, LayerError::BadActivationParam(alpha))
-                            );
+                            return Err(self.layer_err(index, LayerError::BadActivationParam(alpha)));
                         }
                     }
                     if a == Activation::Softmax && index + 1 != n {

@@ -32,7 +32,9 @@ pub struct Options {
 impl Options {
     /// Options for the folded path.
     pub fn folded() -> Self {
-        Options { mode: Mode::Folded }
+        Options {
+            mode: Mode::Folded,
+        }
     }
 
     /// Options for the unfolded path.
@@ -203,11 +205,10 @@ impl Model {
             match &tokens[i] {
                 Token::Dense(index) => {
                     let pre = match i.checked_sub(1).map(|p| &tokens[p]) {
-                        Some(Token::Bn(a, _))
-                            if !matches!(
-                                i.checked_sub(2).map(|p| &tokens[p]),
-                                Some(Token::Dense(_))
-                            ) =>
+                        Some(Token::Bn(a, _)) if !matches!(
+                            i.checked_sub(2).map(|p| &tokens[p]),
+                            Some(Token::Dense(_))
+                        ) =>
                         {
                             Some(a)
                         }

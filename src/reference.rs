@@ -103,11 +103,7 @@ pub fn activation(a: Activation, x: f64) -> f64 {
         Activation::Identity | Activation::Softmax => x,
         // Written so that NaN propagates, as in PyTorch (`f64::max` would turn it into 0).
         Activation::Relu => {
-            if x < 0.0 {
-                0.0
-            } else {
-                x
-            }
+            if x < 0.0 { 0.0 } else { x }
         }
         Activation::LeakyRelu { alpha } => {
             if x < 0.0 {

@@ -255,6 +255,5 @@ pub fn fix_checksum(bytes: &mut [u8]) {
 
 /// Round `n` up to a multiple of [`ALIGN`], or `None` on overflow.
 pub fn align_up(n: u64) -> Option<u64> {
-    n.checked_add(ALIGN as u64 - 1)
-        .map(|v| v & !(ALIGN as u64 - 1))
+    n.checked_add(ALIGN as u64 - 1).map(|v| v & !(ALIGN as u64 - 1))
 }

@@ -484,10 +484,7 @@ impl<'a> Cursor<'a> {
                 self.pos = end;
                 Ok(s)
             }
-            _ => Err(Error::format(
-                self.offset(),
-                FormatError::Truncated { what },
-            )),
+            _ => Err(Error::format(self.offset(), FormatError::Truncated { what })),
         }
     }
 
@@ -524,10 +521,7 @@ impl<'a> Cursor<'a> {
         }
         let left = (self.buf.len() - self.pos) as u64;
         if n * min_entry as u64 > left {
-            return Err(Error::format(
-                self.offset(),
-                FormatError::Truncated { what },
-            ));
+            return Err(Error::format(self.offset(), FormatError::Truncated { what }));
         }
         Ok(n as usize)
     }

@@ -9,8 +9,8 @@ use std::path::Path;
 use half::{bf16, f16};
 
 use super::{
-    ALIGN, Activation, DType, HEADER_LEN, MAGIC, NO_TENSOR, VERSION_MAJOR, VERSION_MINOR, align_up,
-    fix_checksum, limits,
+    ALIGN, Activation, DType, HEADER_LEN, MAGIC, NO_TENSOR, VERSION_MAJOR, VERSION_MINOR,
+    align_up, fix_checksum, limits,
 };
 use crate::error::{Error, Result};
 
@@ -202,8 +202,7 @@ impl Writer {
         weight: TensorId,
         bias: Option<TensorId>,
     ) -> Result<&mut Self> {
-        let to_u32 =
-            |v: usize| u32::try_from(v).map_err(|_| Error::Writer(format!("{v} too large")));
+        let to_u32 = |v: usize| u32::try_from(v).map_err(|_| Error::Writer(format!("{v} too large")));
         let layer = WLayer::Dense {
             inputs: to_u32(inputs)?,
             outputs: to_u32(outputs)?,
@@ -271,9 +270,7 @@ impl Writer {
         moving_variance: &[f32],
     ) -> Result<&mut Self> {
         let n = moving_mean.len();
-        let mut vec = |suffix: &str, v: &[f32]| {
-            self.tensor(&format!("{name}.{suffix}"), dtype, &[v.len()], v)
-        };
+        let mut vec = |suffix: &str, v: &[f32]| self.tensor(&format!("{name}.{suffix}"), dtype, &[v.len()], v);
         let gamma = gamma.map(|g| vec("gamma", g)).transpose()?;
         let beta = beta.map(|b| vec("beta", b)).transpose()?;
         let moving_mean = vec("moving_mean", moving_mean)?;

@@ -44,11 +44,7 @@ impl EpilogueOp {
             EpilogueOp::Act(a) => activation::apply(*a, v),
             EpilogueOp::Affine { scale, shift } => {
                 let n = v.len();
-                for ((x, s), t) in v
-                    .iter_mut()
-                    .zip(&scale[col0..col0 + n])
-                    .zip(&shift[col0..col0 + n])
-                {
+                for ((x, s), t) in v.iter_mut().zip(&scale[col0..col0 + n]).zip(&shift[col0..col0 + n]) {
                     *x = s.mul_add(*x, *t);
                 }
             }
