@@ -549,6 +549,9 @@ impl Network {
     /// Loss of the network in inference mode (EMA statistics) on a whole data set, in chunks.
     pub fn eval_loss(&self, x: &[f32], rows: usize, targets: Targets<'_>) -> Result<f64> {
         const CHUNK: usize = 4096;
+        if rows == 0 {
+            return Err(TrainError::Data("no rows to evaluate".into()));
+        }
         let (fi, fo) = (self.spec.inputs, self.spec.outputs);
         let mut total = 0f64;
         let mut start = 0;

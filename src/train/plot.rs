@@ -104,10 +104,14 @@ pub fn log_curves(
         y0 = y0.min(y);
         y1 = y1.max(y);
     }
-    if !(x0 < x1 && y0 <= y1) {
+    if !(x0 <= x1 && y0 <= y1) {
         return Err(TrainError::Plot(
-            "nothing to plot: no two finite positive points".into(),
+            "nothing to plot: no finite positive point".into(),
         ));
+    }
+    if x0 == x1 {
+        // A single step: give the axis some width.
+        (x0, x1) = (x0 - 0.5, x1 + 0.5);
     }
     let (e0, e1) = (
         y0.log10().floor() as i32,
@@ -145,14 +149,22 @@ pub fn log_curves(
             .map(|m| m * mag)
             .find(|s| *s >= raw)
             .unwrap_or(mag * 10.0);
-        let mut x = (x0 / step).ceil() * step;
-        while x <= x1 + 1e-9 * span {
+        // Ticks are whole multiples of the step, printed with as many decimals as the step needs.
+        let decimals = (-step.log10().floor()).max(0.0) as usize;
+        let mut k = (x0 / step).ceil();
+        while k * step <= x1 + 1e-9 * span {
+            let x = k * step;
             chart
                 .draw_series(LineSeries::new([(x, ylo), (x, yhi)], grid))
                 .map_err(plot_err)?;
             let (px, py) = chart.backend_coord(&(x, ylo));
-            labels.push((format!("{x}"), (px, py + 12), Alignment::Center, false));
-            x += step;
+            labels.push((
+                format!("{x:.decimals$}"),
+                (px, py + 12),
+                Alignment::Center,
+                false,
+            ));
+            k += 1.0;
         }
         // Frame.
         for line in [
@@ -173,6 +185,12 @@ pub fn log_curves(
                 .copied()
                 .filter(|(x, y)| x.is_finite() && y.is_finite() && *y > 0.0)
                 .collect();
+            if points.len() == 1 {
+                // A line needs two points; mark a lone one.
+                chart
+                    .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+                    .map_err(plot_err)?;
+            }
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))
                 .map_err(plot_err)?;
