@@ -4,6 +4,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod cli;
+
 use bnfold::format::LayerKind;
 use bnfold::io::{Matrix, read_matrix, write_csv, write_npy};
 use bnfold::{Model, Options};
@@ -82,6 +84,11 @@ enum Command {
         #[arg(long, default_value_t = 1e-4)]
         tolerance: f64,
     },
+    /// Train a network with Batch Normalization and write it as a weight file.
+    Train {
+        #[command(subcommand)]
+        what: cli::train::TrainCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -132,6 +139,7 @@ fn main() -> ExitCode {
             scale,
             tolerance,
         ),
+        Command::Train { what } => cli::train::run(&what).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
