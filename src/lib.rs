@@ -23,6 +23,7 @@ pub mod kernels;
 pub mod model;
 pub mod plan;
 pub mod reference;
+pub mod train;
 
 pub use error::{Error, FormatError, InputError, LayerError, Result};
 pub use format::{Activation, DType};

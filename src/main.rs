@@ -4,6 +4,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod cli;
+
 use bnfold::format::LayerKind;
 use bnfold::io::{Matrix, read_matrix, write_csv, write_npy};
 use bnfold::{Model, Options};
@@ -83,30 +85,11 @@ enum Command {
         tolerance: f64,
     },
     /// Measure latency (p50, p99) and throughput, folded and unfolded.
-    Bench {
-        /// A bnfold weight file (.bnw).
-        file: PathBuf,
-        /// Rows per call, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
-        batch: Vec<usize>,
-        /// Thread-pool sizes to run in, comma-separated.
-        #[arg(long = "pool", value_delimiter = ',', default_value = "1")]
-        pool: Vec<usize>,
-        /// Only the folded path.
-        #[arg(long, conflicts_with = "unfolded_only")]
-        folded_only: bool,
-        /// Only the unfolded path.
-        #[arg(long)]
-        unfolded_only: bool,
-        /// Kernel path: auto, avx512, avx2 or portable (an unsupported one falls back to auto's).
-        #[arg(long, default_value = "auto")]
-        kernel: String,
-        /// Minimum measuring time per configuration, milliseconds.
-        #[arg(long, default_value_t = 500)]
-        time_ms: u64,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
+    Bench(cli::bench::BenchArgs),
+    /// Train a network with Batch Normalization and write it as a weight file.
+    Train {
+        #[command(subcommand)]
+        what: cli::train::TrainCommand,
     },
 }
 
@@ -158,24 +141,8 @@ fn main() -> ExitCode {
             scale,
             tolerance,
         ),
-        Command::Bench {
-            file,
-            batch,
-            pool,
-            folded_only,
-            unfolded_only,
-            kernel,
-            time_ms,
-            json,
-        } => bench(
-            &file,
-            batch,
-            pool,
-            (folded_only, unfolded_only),
-            &kernel,
-            time_ms,
-            json,
-        ),
+        Command::Bench(args) => cli::bench::run(&args),
+        Command::Train { what } => cli::train::run(&what).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -490,53 +457,4 @@ fn verify(
         println!("FAIL: worst normwise error {worst:.3e} > tolerance {tolerance:e}");
         Ok(ExitCode::FAILURE)
     }
-}
-
-/// `bnfold bench`: measure with `bnfold::bench` and print a table or JSON.
-fn bench(
-    file: &Path,
-    batches: Vec<usize>,
-    threads: Vec<usize>,
-    (folded_only, unfolded_only): (bool, bool),
-    kernel: &str,
-    time_ms: u64,
-    json: bool,
-) -> CliResult {
-    use bnfold::kernels::{Isa, KernelChoice};
-    let kernel = match kernel {
-        "auto" => KernelChoice::Auto,
-        name => KernelChoice::Force(Isa::from_name(name).ok_or_else(|| {
-            format!("unknown kernel {name:?}: use auto, avx512, avx2 or portable")
-        })?),
-    };
-    let modes = match (folded_only, unfolded_only) {
-        (true, _) => vec![bnfold::Mode::Folded],
-        (_, true) => vec![bnfold::Mode::Unfolded],
-        _ => vec![bnfold::Mode::Folded, bnfold::Mode::Unfolded],
-    };
-    let model = Model::load(file)?;
-    let cfg = bnfold::bench::Config {
-        batches,
-        threads,
-        modes,
-        kernel,
-        min_time: std::time::Duration::from_millis(time_ms),
-        ..Default::default()
-    };
-    let results = bnfold::bench::measure(&model, &cfg)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!(
-        "{:<9} {:<8} {:>6} {:>7} {:>8} {:>11} {:>11} {:>13}",
-        "mode", "kernel", "batch", "threads", "calls", "p50 us", "p99 us", "rows/s"
-    );
-    for r in &results {
-        println!(
-            "{:<9} {:<8} {:>6} {:>7} {:>8} {:>11.2} {:>11.2} {:>13.0}",
-            r.mode, r.kernel, r.batch, r.threads, r.iters, r.p50_us, r.p99_us, r.rows_per_s
-        );
-    }
-    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,4 @@
+//! Subcommands of the binary whose code is longer than a function in `main.rs`.
+
+pub mod bench;
+pub mod train;
