@@ -4,6 +4,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// `println!` that returns write errors to the caller (`?`) instead of panicking, so that
+/// `bnfold inspect FILE | head` ends quietly when `head` closes the pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
 mod cli;
 
 use bnfold::format::LayerKind;
@@ -146,6 +155,13 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader of our output went away (`| head`): nothing left to say to anyone.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("bnfold: {e}");
             ExitCode::FAILURE
@@ -225,32 +241,32 @@ fn inspect(file: &Path, json: bool) -> CliResult {
             "tensors": tensors,
             "metadata": metadata,
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        outln!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("file      {}", file.display());
-    println!("format    bnfold v{}.{}", h.version_major, h.version_minor);
-    println!("checksum  crc32 {:08x} (verified)", h.checksum);
-    println!(
+    outln!("file      {}", file.display());
+    outln!("format    bnfold v{}.{}", h.version_major, h.version_minor);
+    outln!("checksum  crc32 {:08x} (verified)", h.checksum);
+    outln!(
         "network   {} -> {} features, {} layers, {} tensors",
         model.input_features(),
         model.output_features(),
         model.layers().len(),
         tensors.len()
     );
-    println!("\nlayers");
+    outln!("\nlayers");
     for (i, l) in model.layers().iter().enumerate() {
         let (shape, detail) = layer_desc(&l.kind);
-        println!(
+        outln!(
             "  {i:>3}  {:<10} {:<20} {:<12} {detail}",
             l.kind.kind_name(),
             l.name,
             shape
         );
     }
-    println!("\ntensors");
+    outln!("\ntensors");
     for t in tensors {
-        println!(
+        outln!(
             "  {:<28} {:<5} {:<14} {:>10} bytes at {}",
             t.name,
             t.dtype.name(),
@@ -260,9 +276,9 @@ fn inspect(file: &Path, json: bool) -> CliResult {
         );
     }
     if !model.metadata().is_empty() {
-        println!("\nmetadata");
+        outln!("\nmetadata");
         for (k, v) in model.metadata() {
-            println!("  {k} = {v}");
+            outln!("  {k} = {v}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -383,7 +399,7 @@ fn verify(
     let x64: Vec<f64> = x.data.iter().map(|&v| v as f64).collect();
     let reference = bnfold::reference::forward_all(&model, &x64, x.rows)?;
 
-    println!(
+    outln!(
         "{} rows ({}), tolerance {tolerance:e} on max abs error / max |reference| per layer",
         x.rows,
         match input {
@@ -391,7 +407,7 @@ fn verify(
             None => format!("seeded random, seed {seed}, uniform in [-{scale}, {scale})"),
         }
     );
-    println!(
+    outln!(
         "{:>5}  {:<10} {:<18} {:>11} {:>11} {:>11}   {:>11} {:>11} {:>11}",
         "layer",
         "kind",
@@ -422,7 +438,7 @@ fn verify(
             Some((a, r, n)) => format!("{a:>11.3e} {r:>11.3e} {n:>11.3e}"),
             None => format!("{:>11} {:>11} {:>11}", "(folded)", "", ""),
         };
-        println!(
+        outln!(
             "{i:>5}  {:<10} {:<18} {}   {}",
             layer.kind.kind_name(),
             layer.name,
@@ -436,25 +452,31 @@ fn verify(
         let f = errors(fy, r);
         let u = errors(uy, r);
         let fu = errors(fy, &uy.iter().map(|&v| v as f64).collect::<Vec<_>>());
-        println!("\noverall (network output):");
-        println!(
+        outln!("\noverall (network output):");
+        outln!(
             "  folded   vs f64 reference: max abs {:.3e}, max rel {:.3e}, normwise {:.3e}",
-            f.0, f.1, f.2
+            f.0,
+            f.1,
+            f.2
         );
-        println!(
+        outln!(
             "  unfolded vs f64 reference: max abs {:.3e}, max rel {:.3e}, normwise {:.3e}",
-            u.0, u.1, u.2
+            u.0,
+            u.1,
+            u.2
         );
-        println!(
+        outln!(
             "  folded   vs unfolded     : max abs {:.3e}, max rel {:.3e}, normwise {:.3e}",
-            fu.0, fu.1, fu.2
+            fu.0,
+            fu.1,
+            fu.2
         );
     }
     if worst <= tolerance {
-        println!("PASS: worst normwise error {worst:.3e} <= tolerance {tolerance:e}");
+        outln!("PASS: worst normwise error {worst:.3e} <= tolerance {tolerance:e}");
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("FAIL: worst normwise error {worst:.3e} > tolerance {tolerance:e}");
+        outln!("FAIL: worst normwise error {worst:.3e} > tolerance {tolerance:e}");
         Ok(ExitCode::FAILURE)
     }
 }

@@ -273,3 +273,26 @@ fn run_argmax_prints_the_predicted_class_of_each_row() {
         .collect();
     assert_eq!(stdout(&o).lines().collect::<Vec<_>>(), want);
 }
+
+#[test]
+fn a_closed_stdout_ends_quietly_instead_of_panicking() {
+    // `bnfold inspect FILE | head -1`: the reader is gone before we write. The pipe's read end is
+    // closed before bnfold starts, so every write fails with EPIPE, deterministically.
+    let f = fixture();
+    for args in [
+        vec!["inspect", p(&f.model)],
+        vec!["verify", p(&f.model)],
+        vec!["run", p(&f.model), "-i", p(&f.csv)],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = Command::new(env!("CARGO_BIN_EXE_bnfold"))
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(o.status.success(), "{args:?}: {err}");
+    }
+}

@@ -59,17 +59,31 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     };
     let results = bnfold::bench::measure(&model, &cfg)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
+        outln!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<9} {:<8} {:>6} {:>7} {:>8} {:>11} {:>11} {:>13}",
-        "mode", "kernel", "batch", "threads", "calls", "p50 us", "p99 us", "rows/s"
+        "mode",
+        "kernel",
+        "batch",
+        "threads",
+        "calls",
+        "p50 us",
+        "p99 us",
+        "rows/s"
     );
     for r in &results {
-        println!(
+        outln!(
             "{:<9} {:<8} {:>6} {:>7} {:>8} {:>11.2} {:>11.2} {:>13.0}",
-            r.mode, r.kernel, r.batch, r.threads, r.iters, r.p50_us, r.p99_us, r.rows_per_s
+            r.mode,
+            r.kernel,
+            r.batch,
+            r.threads,
+            r.iters,
+            r.p50_us,
+            r.p99_us,
+            r.rows_per_s
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -183,21 +183,21 @@ pub fn run(cmd: &TrainCommand) -> Result<(), Box<dyn std::error::Error>> {
             )?;
             if !quiet {
                 let (w, wo) = outcome.final_losses();
-                println!(
+                outln!(
                     "steps {}, seed {}, activation {}",
                     cfg.steps,
                     cfg.seed,
                     cfg.activation.name()
                 );
-                println!("final full-data MSE with BN    {w:.6e}");
-                println!("final full-data MSE without BN {wo:.6e}");
+                outln!("final full-data MSE with BN    {w:.6e}");
+                outln!("final full-data MSE without BN {wo:.6e}");
                 match outcome.without_bn_diverged_at() {
-                    Some(step) => println!(
+                    Some(step) => outln!(
                         "ratio without / with BN        infinite: without BN, SGD diverged (non-finite loss from step {step})"
                     ),
-                    None => println!("ratio without / with BN        {:.3e}", wo / w),
+                    None => outln!("ratio without / with BN        {:.3e}", wo / w),
                 }
-                println!(
+                outln!(
                     "wrote {}, {}, {}",
                     out.display(),
                     history.display(),
@@ -236,7 +236,7 @@ pub fn run(cmd: &TrainCommand) -> Result<(), Box<dyn std::error::Error>> {
             }
             std::fs::write(sample, csv).map_err(|e| format!("{}: {e}", sample.display()))?;
             if !quiet {
-                println!(
+                outln!(
                     "{} training rows, {} test rows, {} epochs, {} steps, seed {}",
                     train.rows(),
                     test.rows(),
@@ -244,21 +244,21 @@ pub fn run(cmd: &TrainCommand) -> Result<(), Box<dyn std::error::Error>> {
                     outcome.network.steps(),
                     cfg.seed
                 );
-                println!(
+                outln!(
                     "train: loss {:.4}, accuracy {:.2}%",
                     outcome.train_loss,
                     100.0 * outcome.train_accuracy
                 );
-                println!(
+                outln!(
                     "test:  loss {:.4}, accuracy {:.2}%",
                     outcome.test_loss,
                     100.0 * outcome.test_accuracy
                 );
-                println!(
+                outln!(
                     "labels of the {rows} sample rows: {:?}",
                     &test.labels[..rows]
                 );
-                println!("wrote {}, {}", out.display(), sample.display());
+                outln!("wrote {}, {}", out.display(), sample.display());
             }
         }
     }
