@@ -27,8 +27,8 @@ pub mod train;
 
 pub use error::{Error, FormatError, InputError, LayerError, Result};
 pub use format::{Activation, DType};
-pub use model::{LoadMode, Model};
 pub use kernels::{Isa, KernelChoice};
+pub use model::{LoadMode, Model};
 pub use plan::{Mode, Options, Plan, Session};
 
 /// The README's library example, compiled and run as a doc test.
