@@ -326,7 +326,10 @@ fn build(input: &Input) -> Option<Vec<u8>> {
                 w.activation(&name, a).ok()?;
             }
             Spec::Reuse { tensor, outputs } => {
-                let id = *added.get(*tensor as usize % added.len().max(1))?;
+                // Nothing to reuse yet: skip this layer rather than the whole input.
+                let Some(&id) = added.get(*tensor as usize % added.len().max(1)) else {
+                    continue;
+                };
                 let out = 1 + *outputs as usize % 16;
                 w.dense(&name, width, out, id, None).ok()?;
                 width = out;
