@@ -449,3 +449,23 @@ fn mmap_load_matches_in_memory_load() {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(cases(32))]
+
+    /// Cutting a valid file short anywhere, or appending bytes to it, is always an error, with or
+    /// without the checksum (the header's sizes must add up to the real length).
+    #[test]
+    fn truncated_or_extended_file_is_an_error(net in network(false), extra in prop::collection::vec(any::<u8>(), 1..80)) {
+        let (bytes, _, _) = write(&net);
+        for len in 0..bytes.len() {
+            prop_assert!(Model::from_bytes(&bytes[..len]).is_err(), "prefix of {} bytes loaded", len);
+            prop_assert!(Model::from_bytes_unchecked_crc(&bytes[..len]).is_err(), "prefix of {} bytes loaded", len);
+        }
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&extra);
+        prop_assert!(Model::from_bytes_unchecked_crc(&longer).is_err());
+        format::fix_checksum(&mut longer);
+        prop_assert!(Model::from_bytes(&longer).is_err());
+    }
+}
