@@ -50,7 +50,9 @@ fn run(model: &Model) -> Ran {
         Err(e) => panic!("unexpected error compiling folded: {e}"),
     };
     let (n_in, n_out, batch) = (model.input_features(), model.output_features(), 2);
-    if n_in > 1 << 20 {
+    // Under Miri (hundreds of times slower) only narrow inputs are run; the wide ones still load.
+    let max_width = if cfg!(miri) { 1 << 10 } else { 1 << 20 };
+    if n_in > max_width {
         return Ran { max_err: None };
     }
     let x: Vec<f32> = (0..batch * n_in)
@@ -118,6 +120,8 @@ fn check(path: &Path) -> Result<(), String> {
             if let Expect::Ok = expect {
                 match ran.max_err {
                     Some(e) if e <= TOL => {}
+                    // Not run under Miri (too wide); it did load, which is what Miri checks.
+                    None if cfg!(miri) => {}
                     other => return Err(format!("plans disagree with the reference: {other:?}")),
                 }
             }
