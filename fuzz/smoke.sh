@@ -49,7 +49,7 @@ for t in "${TARGETS[@]}"; do
     if cargo fuzz run --debug-assertions --sanitizer "$sanitizer" "$t" "$corpus" "seeds/$t" -- \
         -dict=bnfold.dict -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb=2048 \
         -timeout=10 -max_len=8192 -print_final_stats=1 >"$corpus.log" 2>&1; then
-        grep -E '^#[0-9]+ +DONE' "$corpus.log" | tail -1 || true
+        grep -E '^#[0-9]+[[:space:]]+DONE' "$corpus.log" | tail -1 || true
     else
         status=1
         echo "fuzz smoke: $t FAILED; last lines of its log:"
