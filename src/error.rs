@@ -259,6 +259,20 @@ pub enum FormatError {
         /// Number of tensors.
         count: usize,
     },
+    /// A tensor is referred to by more than one layer field (each tensor serves exactly one role).
+    #[error(
+        "layer {index}: {field} refers to tensor '{tensor}', which layer {first_layer} already uses (a tensor may serve only one role)"
+    )]
+    TensorReused {
+        /// Layer index of the second use.
+        index: usize,
+        /// The field of the second use.
+        field: &'static str,
+        /// Tensor name.
+        tensor: String,
+        /// Layer that used it first.
+        first_layer: usize,
+    },
     /// A tensor's dtype is unsupported on this host (e.g. zero-copy views on big-endian).
     #[error("tensor '{tensor}': {reason}")]
     View {

@@ -13,6 +13,7 @@
 //! # Ok::<(), bnfold::Error>(())
 //! ```
 #![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod bench;
 pub mod error;

@@ -228,7 +228,12 @@ pub fn parse(bytes: &[u8], verify_checksum: bool) -> Result<Parsed> {
     // Smallest layer: name length (4) + kind (1) + activation code (1) + parameter (4) = 10 bytes.
     let n_layers = cur.count("layer", limits::MAX_LAYERS, 10)?;
     let mut layers = Vec::with_capacity(n_layers);
+    // Which layer (if any) already uses each tensor: a tensor serves one role in one layer, so that
+    // compiling a model never needs more memory than its file holds (a shared tensor would be
+    // converted and packed once per use: 4096 layers over one 1 MiB tensor would need 4 GiB).
+    let mut used_by: Vec<Option<usize>> = vec![None; tensors.len()];
     for index in 0..n_layers {
+        let layer_at = cur.offset();
         let name = cur.string("layer name", limits::MAX_NAME_LEN)?;
         let at = cur.offset();
         let code = cur.u8("layer kind")?;
@@ -325,6 +330,19 @@ pub fn parse(bytes: &[u8], verify_checksum: bool) -> Result<Parsed> {
                 ));
             }
         };
+        for (field, t) in tensor_refs(&kind).into_iter().flatten() {
+            if let Some(first_layer) = used_by[t].replace(index) {
+                return Err(Error::format(
+                    layer_at,
+                    FormatError::TensorReused {
+                        index,
+                        field,
+                        tensor: tensors[t].name.clone(),
+                        first_layer,
+                    },
+                ));
+            }
+        }
         layers.push(LayerRecord { name, kind });
     }
     if cur.pos != cur.buf.len() {
@@ -342,6 +360,31 @@ pub fn parse(bytes: &[u8], verify_checksum: bool) -> Result<Parsed> {
         input_features: input_features as usize,
         layers,
     })
+}
+
+/// The tensors a layer refers to, with the name of the field that refers to each.
+fn tensor_refs(kind: &LayerKind) -> [Option<(&'static str, usize)>; 4] {
+    match *kind {
+        LayerKind::Dense { weight, bias, .. } => [
+            Some(("dense weight", weight)),
+            bias.map(|t| ("dense bias", t)),
+            None,
+            None,
+        ],
+        LayerKind::BatchNorm {
+            gamma,
+            beta,
+            moving_mean,
+            moving_variance,
+            ..
+        } => [
+            gamma.map(|t| ("batchnorm gamma", t)),
+            beta.map(|t| ("batchnorm beta", t)),
+            Some(("batchnorm moving_mean", moving_mean)),
+            Some(("batchnorm moving_variance", moving_variance)),
+        ],
+        LayerKind::Activation(_) => [None; 4],
+    }
 }
 
 /// Check the fixed header against the real length of `bytes`, and the checksum if asked.
