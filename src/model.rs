@@ -196,9 +196,17 @@ impl Model {
             path: path.to_owned(),
             source,
         };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // A weight file is a regular file: reading a device or a FIFO (`/dev/zero`) would never
+        // end, and mapping one is meaningless.
+        if !file.metadata().map_err(io)?.is_file() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
         let storage = match mode {
             LoadMode::Mmap => {
-                let file = std::fs::File::open(path).map_err(io)?;
                 // SAFETY: memmap2 requires that the file is not modified while mapped; we cannot
                 // enforce that for files we do not own, which is the documented caveat above
                 // (truncation gives SIGBUS, never a read of foreign memory). The mapping is
@@ -206,7 +214,11 @@ impl Model {
                 let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
                 Storage::Mmap(map)
             }
-            LoadMode::Read => Storage::copy_of(&std::fs::read(path).map_err(io)?),
+            LoadMode::Read => {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(io)?;
+                Storage::copy_of(&bytes)
+            }
         };
         Self::from_storage(storage, true)
     }

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use bnfold::format::{self, Writer, fix_checksum};
 use bnfold::{Activation, DType, Error, FormatError, LayerError, LoadMode, Model};
 use common::{L, Stats, network};
@@ -108,6 +110,14 @@ fn mmap_and_read_loads_agree_with_from_bytes() {
                 m.tensor_data(i).unwrap().to_f64_vec(),
                 c.tensor_data(i).unwrap().to_f64_vec()
             );
+        }
+    }
+    for mode in [LoadMode::Mmap, LoadMode::Read] {
+        // A directory, and a device that never ends: "not a regular file", not a hang.
+        let zero = Path::new("/dev/zero");
+        for path in [dir.path(), zero].into_iter().filter(|p| p.exists()) {
+            let e = Model::load_with(path, mode).unwrap_err();
+            assert!(e.to_string().contains("not a regular file"), "{e}");
         }
     }
     let missing = Model::load(dir.path().join("nope.bnw")).unwrap_err();
