@@ -211,6 +211,24 @@ impl BatchNorm {
         }
     }
 
+    /// BN in training mode over `[batch, features]` values `x`: normalises with the batch's own
+    /// moments ([`forward_train`]) and returns the output, the normalised `xhat` the backward pass
+    /// needs, and the moments for the EMA update. Does not touch the moving statistics.
+    pub fn forward_batch(&self, x: &[f32], batch: usize) -> (Vec<f32>, Vec<f32>, BatchMoments) {
+        let mut y = vec![0.0; x.len()];
+        let mut xhat = vec![0.0; x.len()];
+        let moments = forward_train(
+            x,
+            batch,
+            &self.gamma.value,
+            &self.beta.value,
+            self.eps,
+            &mut y,
+            &mut xhat,
+        );
+        (y, xhat, moments)
+    }
+
     /// Features normalised.
     pub fn features(&self) -> usize {
         self.gamma.value.len()

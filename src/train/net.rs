@@ -329,17 +329,8 @@ impl Network {
         self.check_batch(x, batch)?;
         let mut h = x.to_vec();
         if let Some(ibn) = &self.input_bn {
-            let mut y = vec![0.0; h.len()];
-            self.input_xhat = vec![0.0; h.len()];
-            self.input_moments = bn::forward_train(
-                &h,
-                batch,
-                &ibn.gamma.value,
-                &ibn.beta.value,
-                self.spec.eps,
-                &mut y,
-                &mut self.input_xhat,
-            );
+            let (y, xhat, moments) = ibn.forward_batch(&h, batch);
+            (self.input_xhat, self.input_moments) = (xhat, moments);
             h = y;
         }
         let last = self.dense.len() - 1;
@@ -352,17 +343,8 @@ impl Network {
                 break;
             }
             if let Some(hbn) = self.bns.get(i) {
-                let mut y = vec![0.0; z.len()];
-                cache.xhat = vec![0.0; z.len()];
-                cache.moments = bn::forward_train(
-                    &z,
-                    batch,
-                    &hbn.gamma.value,
-                    &hbn.beta.value,
-                    self.spec.eps,
-                    &mut y,
-                    &mut cache.xhat,
-                );
+                let (y, xhat, moments) = hbn.forward_batch(&z, batch);
+                (cache.xhat, cache.moments) = (xhat, moments);
                 z = y;
             }
             let mut a = z.clone();
