@@ -355,14 +355,13 @@ impl Plan {
     /// covers (for `bnfold verify`; allocates).
     pub fn run_traced(&self, input: &[f32], batch: usize) -> Result<Vec<(usize, Vec<f32>)>> {
         self.check_input(input, batch)?;
-        let mut cur = input.to_vec();
-        let mut out = Vec::with_capacity(self.steps.len());
+        let mut out: Vec<(usize, Vec<f32>)> = Vec::with_capacity(self.steps.len());
         for step in &self.steps {
+            // Each step reads the previous step's output in place (the input for the first).
+            let src = out.last().map_or(input, |(_, y)| y.as_slice());
             let mut next = vec![0.0; batch * step.width];
-            let width_in = cur.len() / batch;
-            step.run(&cur, &mut next, batch, width_in);
-            out.push((step.last_layer, next.clone()));
-            cur = next;
+            step.run(src, &mut next, batch, src.len() / batch);
+            out.push((step.last_layer, next));
         }
         Ok(out)
     }
