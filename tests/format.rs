@@ -142,10 +142,10 @@ fn writer_writes_atomically_and_the_file_loads() {
 // written next to them, so each case patches exactly one field and then (unless the case is about
 // the checksum) recomputes the CRC so that the check under test is the one that fires.
 
-/// Dense(2 -> 3, weight + bias) -> BN(3) -> ReLU, plus one metadata entry.
-fn base() -> Vec<u8> {
+/// Dense(2 -> 3, weight + bias) -> BN(3) -> ReLU, plus one metadata entry (`producer`).
+fn dense_bn_relu(producer: &str) -> Vec<u8> {
     let mut w = Writer::new(2);
-    w.metadata("producer", "corrupt-file tests");
+    w.metadata("producer", producer);
     w.add_dense(
         "fc",
         DType::F32,
@@ -167,6 +167,11 @@ fn base() -> Vec<u8> {
     .unwrap();
     w.activation("relu", Activation::Relu).unwrap();
     w.to_bytes().unwrap()
+}
+
+/// The file the corrupt-file cases patch.
+fn base() -> Vec<u8> {
+    dense_bn_relu("corrupt-file tests")
 }
 
 /// Offset of the first byte after the length-prefixed string `s` in the table.
@@ -955,29 +960,8 @@ fn random_garbage_and_short_buffers_never_panic() {
 /// so the document cannot drift from the writer.
 #[test]
 fn format_md_worked_example_matches_the_writer() {
-    let mut w = Writer::new(2);
-    w.metadata("producer", "example");
-    w.add_dense(
-        "fc",
-        DType::F32,
-        3,
-        2,
-        &[1., 2., 3., 4., 5., 6.],
-        Some(&[0.1, 0.2, 0.3]),
-    )
-    .unwrap();
-    w.add_batch_norm(
-        "bn",
-        DType::F32,
-        1e-3,
-        Some(&[1.0; 3]),
-        Some(&[0.0; 3]),
-        &[0.0; 3],
-        &[1.0; 3],
-    )
-    .unwrap();
-    w.activation("relu", Activation::Relu).unwrap();
-    let b = w.to_bytes().unwrap();
+    // Sizes and offsets depend on the structure and the metadata, not on the values.
+    let b = dense_bn_relu("example");
     let m = Model::from_bytes(&b).unwrap();
     let h = m.header();
     let offsets: Vec<u64> = m
