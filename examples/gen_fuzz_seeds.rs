@@ -284,32 +284,12 @@ fn review_cases() -> Result<Vec<Case>> {
     // Five BNs in a row, each scaling by ~1e22: their composition overflows f64 to infinity.
     // Without a dense layer it becomes an affine epilogue of infinities (inf/NaN outputs, no panic).
     let mut w = Writer::new(2);
-    for i in 0..5 {
-        w.add_batch_norm(
-            &format!("bn{i}"),
-            DType::F32,
-            0.0,
-            Some(&[3e38; 2]),
-            None,
-            &[0.5; 2],
-            &[tiny; 2],
-        )?;
-    }
+    overflowing_bn_chain(&mut w)?;
     out.push(("review_bn_chain_overflow".into(), w.to_bytes()?, None));
 
     // The same chain before a dense layer: folding must report the overflow, not run with NaNs.
     let mut w = Writer::new(2);
-    for i in 0..5 {
-        w.add_batch_norm(
-            &format!("bn{i}"),
-            DType::F32,
-            0.0,
-            Some(&[3e38; 2]),
-            None,
-            &[0.5; 2],
-            &[tiny; 2],
-        )?;
-    }
+    overflowing_bn_chain(&mut w)?;
     w.add_dense("fc", DType::F32, 1, 2, &[1.0, -1.0], Some(&[0.0]))?;
     out.push((
         "review_bn_chain_overflow_into_dense".into(),
@@ -420,5 +400,23 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         structured.len(),
         root.display()
     );
+    Ok(())
+}
+
+/// Five 2-feature BNs in a row, each scaling by about 3e38 / sqrt(denormal) ~ 1e60: their composition
+/// overflows f64.
+fn overflowing_bn_chain(w: &mut Writer) -> bnfold::Result<()> {
+    let tiny = f32::from_bits(1);
+    for i in 0..5 {
+        w.add_batch_norm(
+            &format!("bn{i}"),
+            DType::F32,
+            0.0,
+            Some(&[3e38; 2]),
+            None,
+            &[0.5; 2],
+            &[tiny; 2],
+        )?;
+    }
     Ok(())
 }
