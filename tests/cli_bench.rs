@@ -14,21 +14,26 @@ fn bnfold() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bnfold"))
 }
 
-#[test]
-fn bench_json_has_one_record_per_mode_and_batch() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = model_file(&dir);
-    let out = bnfold()
-        .args(["bench", "--batch", "1,4", "--time-ms", "1", "--json"])
-        .arg(&file)
-        .output()
-        .unwrap();
+/// Run `cmd` (a `bnfold bench ... --json` command), assert it succeeded, and parse its output.
+fn json_of(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn bench_json_has_one_record_per_mode_and_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = model_file(&dir);
+    let v = json_of(
+        bnfold()
+            .args(["bench", "--batch", "1,4", "--time-ms", "1", "--json"])
+            .arg(&file),
+    );
     let records = v.as_array().unwrap();
     assert_eq!(records.len(), 4);
     let mut seen = Vec::new();
@@ -59,26 +64,20 @@ fn bench_json_has_one_record_per_mode_and_batch() {
 fn kernel_environment_variable_forces_the_portable_path() {
     let dir = tempfile::tempdir().unwrap();
     let file = model_file(&dir);
-    let out = bnfold()
-        .env("BNFOLD_KERNEL", "portable")
-        .args([
-            "bench",
-            "--folded-only",
-            "--batch",
-            "2",
-            "--time-ms",
-            "1",
-            "--json",
-        ])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let v = json_of(
+        bnfold()
+            .env("BNFOLD_KERNEL", "portable")
+            .args([
+                "bench",
+                "--folded-only",
+                "--batch",
+                "2",
+                "--time-ms",
+                "1",
+                "--json",
+            ])
+            .arg(&file),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["kernel"], "portable");
     assert_eq!(v[0]["mode"], "folded");
 }
