@@ -389,15 +389,23 @@ impl Step {
     fn run(&self, src: &[f32], dst: &mut [f32], batch: usize, width_in: usize) {
         match &self.op {
             Op::Dense { kernel, epilogue } => kernel.forward(src, batch, dst, epilogue),
-            Op::Elementwise(ops) => {
+            Op::Elementwise(_) | Op::Softmax => {
+                debug_assert_eq!(width_in, self.width);
                 dst.copy_from_slice(src);
-                kernels::elementwise(ops, dst, self.width);
-            }
-            Op::Softmax => {
-                dst.copy_from_slice(src);
-                kernels::activation::softmax_rows(dst, width_in);
+                self.apply_in_place(dst);
             }
         }
+    }
+
+    /// An elementwise or softmax step on `[batch, self.width]` values in place; `false` (and
+    /// nothing done) for a dense step, which needs a separate output.
+    fn apply_in_place(&self, v: &mut [f32]) -> bool {
+        match &self.op {
+            Op::Dense { .. } => return false,
+            Op::Elementwise(ops) => kernels::elementwise(ops, v, self.width),
+            Op::Softmax => kernels::activation::softmax_rows(v, self.width),
+        }
+        true
     }
 }
 
@@ -427,6 +435,15 @@ impl<'p> Session<'p> {
         // directly by the first step, never copied.
         let mut cur_in_a: Option<bool> = None;
         for step in &self.plan.steps {
+            // Elementwise steps (the unfolded path's BN and activation passes, an unfoldable BN)
+            // run in place on the buffer that holds the activations: one pass over memory, as a
+            // framework's separate BN kernel makes, not a copy and then a pass.
+            if let Some(in_a) = cur_in_a {
+                let buf = if in_a { &mut self.a } else { &mut self.b };
+                if step.apply_in_place(&mut buf[..batch * width]) {
+                    continue;
+                }
+            }
             let (src, dst): (&[f32], &mut [f32]) = match cur_in_a {
                 None => (input, &mut self.a[..]),
                 Some(true) => (&self.a[..], &mut self.b[..]),

@@ -402,3 +402,39 @@ fn folding_that_overflows_f32_is_an_error_naming_the_feature() {
     );
     assert!(e.to_string().starts_with("layer 0 (Dense 'fc')"), "{e}");
 }
+
+#[test]
+fn session_buffers_give_the_same_bits_as_the_traced_run() {
+    // Session::run juggles two buffers and runs elementwise steps in place; run_traced gives
+    // every step a fresh output. The same ops on the same values: the same bits.
+    let bytes = network(
+        6,
+        &[
+            L::Bn,
+            L::Act(Activation::Tanh),
+            L::Dense(9),
+            L::Bn,
+            RELU,
+            L::Bn,
+            L::Act(Activation::GeluTanh),
+            L::Dense(4),
+            L::Act(Activation::Softmax),
+        ],
+        91,
+        DType::F32,
+        Stats::default(),
+    );
+    let model = Model::from_bytes(&bytes).unwrap();
+    let x = input(7, 6, 91);
+    for opts in [Options::folded(), Options::unfolded()] {
+        let plan = model.compile(&opts).unwrap();
+        let traced = plan.run_traced(&x, 7).unwrap();
+        let (_, want) = traced.last().unwrap();
+        assert_eq!(
+            plan.session().run(&x, 7).unwrap(),
+            &want[..],
+            "{:?}",
+            opts.mode
+        );
+    }
+}
