@@ -50,8 +50,15 @@ fn networks() -> Vec<(String, Model, Vec<usize>)> {
         if !wanted(name) {
             continue;
         }
-        let bytes = bnfold::bench::synthetic(input, input_bn, &hidden, output, 42)
-            .unwrap_or_else(|e| panic!("writing {name}: {e}"));
+        let bytes = bnfold::synth::mlp(
+            input,
+            input_bn,
+            &hidden,
+            bnfold::Activation::Relu,
+            output,
+            42,
+        )
+        .unwrap_or_else(|e| panic!("writing {name}: {e}"));
         let model = Model::from_bytes(&bytes).unwrap_or_else(|e| panic!("loading {name}: {e}"));
         out.push((name.to_owned(), model, batches));
     }

@@ -20,25 +20,11 @@
 use std::path::{Path, PathBuf};
 
 use bnfold::format::{Activation, BatchNormTensors, DType, Writer};
+use bnfold::synth::Rng;
 
-/// SplitMix64: tiny, deterministic, good enough for seed values.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    fn vec(&mut self, n: usize, scale: f32, offset: f32) -> Vec<f32> {
-        (0..n).map(|_| self.unit() * scale + offset).collect()
-    }
+/// Values `offset + scale * u`, `u` uniform in [-1, 1), from the one seeded generator.
+fn vals(r: &mut Rng, n: usize, scale: f32, offset: f32) -> Vec<f32> {
+    r.uniform_vec(n, offset - scale, offset + scale)
 }
 
 type Result<T> = std::result::Result<T, bnfold::Error>;
@@ -52,8 +38,8 @@ fn dense(
     out: usize,
     bias: bool,
 ) -> Result<()> {
-    let weight = r.vec(out * inp, 0.5, 0.0);
-    let b = r.vec(out, 0.1, 0.1);
+    let weight = vals(r, out * inp, 0.5, 0.0);
+    let b = vals(r, out, 0.1, 0.1);
     w.add_dense(name, dt, out, inp, &weight, bias.then_some(&b[..]))?;
     Ok(())
 }
@@ -67,10 +53,10 @@ fn bn(
     eps: f64,
     affine: bool,
 ) -> Result<()> {
-    let gamma = r.vec(n, 0.5, 1.0);
-    let beta = r.vec(n, 0.2, 0.0);
-    let mean = r.vec(n, 1.0, 0.0);
-    let var = r.vec(n, 0.5, 1.0);
+    let gamma = vals(r, n, 0.5, 1.0);
+    let beta = vals(r, n, 0.2, 0.0);
+    let mean = vals(r, n, 1.0, 0.0);
+    let var = vals(r, n, 0.5, 1.0);
     let (g, b) = if affine {
         (Some(&gamma[..]), Some(&beta[..]))
     } else {
@@ -104,7 +90,7 @@ fn tutorial(
 }
 
 fn seeds() -> Result<Vec<(String, Vec<u8>)>> {
-    let mut r = Rng(0x5EED_B4F0);
+    let mut r = Rng::new(0x5EED_B4F0);
     let mut out: Vec<(String, Vec<u8>)> = Vec::new();
     let mut push = |name: &str, w: &Writer| -> Result<()> {
         out.push((name.to_owned(), w.to_bytes()?));
@@ -125,17 +111,7 @@ fn seeds() -> Result<Vec<(String, Vec<u8>)>> {
     )?;
 
     // Every activation after a dense layer, each in its own small file.
-    let acts = [
-        Activation::Identity,
-        Activation::Relu,
-        Activation::LeakyRelu { alpha: 0.01 },
-        Activation::Tanh,
-        Activation::Sigmoid,
-        Activation::GeluErf,
-        Activation::GeluTanh,
-        Activation::Softmax,
-    ];
-    for a in acts {
+    for a in Activation::ALL {
         let mut w = Writer::new(3);
         dense(&mut w, &mut r, "fc", DType::F32, 3, 4, true)?;
         w.activation("act", a)?;
@@ -385,11 +361,11 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         eprintln!("wrote {} review cases under {}", cases.len(), reg.display());
     }
 
-    let mut r = Rng(0xA5B1_7A50);
+    let mut r = Rng::new(0xA5B1_7A50);
     let structured: Vec<(String, Vec<u8>)> = (0..16)
         .map(|i| {
             let len = 16 + 24 * i;
-            let bytes = (0..len).map(|_| r.next() as u8).collect();
+            let bytes = (0..len).map(|_| r.next_u64() as u8).collect();
             (format!("random_{i:02}"), bytes)
         })
         .collect();

@@ -10,7 +10,11 @@ use std::path::PathBuf;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in bnfold.
+///
+/// `#[non_exhaustive]`: new kinds of failure (an import format, a new layer type) may be added
+/// in a minor version; match the variants you handle and keep a `_` arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Reading or mapping a file failed.
     #[error("{}: {source}", path.display())]
@@ -45,7 +49,81 @@ pub enum Error {
     Input(#[from] InputError),
     /// The writer was asked to produce something the format cannot hold.
     #[error("writer: {0}")]
-    Writer(String),
+    Writer(#[from] WriterError),
+}
+
+/// Why the [`crate::format::Writer`] refused to write something.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriterError {
+    /// A name is longer than the format allows.
+    #[error("{what} '{start}...' is {len} bytes, the limit is {limit}")]
+    NameTooLong {
+        /// `tensor name` or `layer name`.
+        what: &'static str,
+        /// Its first characters.
+        start: String,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        limit: u64,
+    },
+    /// A tensor's rank is outside `1..=MAX_RANK`.
+    #[error("tensor '{tensor}': rank {rank} is outside 1..={max}", max = crate::format::limits::MAX_RANK)]
+    Rank {
+        /// Tensor name.
+        tensor: String,
+        /// The rank given.
+        rank: usize,
+    },
+    /// A tensor dimension is zero or above the width limit.
+    #[error("tensor '{tensor}': dimension {dim} is outside 1..={max}", max = crate::format::limits::MAX_WIDTH)]
+    Dimension {
+        /// Tensor name.
+        tensor: String,
+        /// The dimension.
+        dim: usize,
+    },
+    /// The bytes given do not hold the shape in the dtype.
+    #[error("tensor '{tensor}': {bytes} bytes given for shape {shape:?} of {}", dtype.name())]
+    ByteCount {
+        /// Tensor name.
+        tensor: String,
+        /// Bytes given.
+        bytes: usize,
+        /// The shape.
+        shape: Vec<usize>,
+        /// The dtype.
+        dtype: crate::format::DType,
+    },
+    /// Two tensors with one name.
+    #[error("tensor '{0}' added twice")]
+    DuplicateTensor(String),
+    /// More tensors, layers or metadata entries than the format allows.
+    #[error("too many {what} (the limit is {limit})")]
+    TooMany {
+        /// `tensors`, `layers` or `metadata entries`.
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+    },
+    /// A layer width does not fit the format's 32-bit field.
+    #[error("layer '{layer}': width {width} does not fit 32 bits")]
+    WidthTooLarge {
+        /// Layer name.
+        layer: String,
+        /// The width.
+        width: usize,
+    },
+    /// The table section exceeds its limit.
+    #[error("table section of {len} bytes exceeds the {max}-byte limit", max = crate::format::limits::MAX_TABLE_LEN)]
+    TableTooLarge {
+        /// Its length.
+        len: usize,
+    },
+    /// A section's size overflows.
+    #[error("{0} too large")]
+    TooLarge(&'static str),
 }
 
 /// What is wrong with the bytes of a weight file.
@@ -397,9 +475,9 @@ pub enum InputError {
         /// Needed length.
         expected: usize,
     },
-    /// Anything else about an input file (npy/csv).
-    #[error("{0}")]
-    Other(String),
+    /// A verification tolerance that is not a positive number.
+    #[error("tolerance must be a positive number, got {0}")]
+    Tolerance(f64),
 }
 
 impl Error {

@@ -15,22 +15,26 @@
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-pub mod bench;
+pub mod activation;
 pub mod error;
 pub mod fold;
 pub mod format;
-pub mod io;
 pub mod kernels;
 pub mod model;
+pub mod output;
 pub mod plan;
 pub mod reference;
-pub mod train;
+pub mod synth;
+pub mod verify;
 
-pub use error::{Error, FormatError, InputError, LayerError, Result};
-pub use format::{Activation, DType};
+pub use activation::Activation;
+pub use error::{Error, FormatError, InputError, LayerError, Result, WriterError};
+pub use format::DType;
 pub use kernels::{Isa, KernelChoice};
 pub use model::{LoadMode, Model};
-pub use plan::{Mode, Options, Plan, Session};
+pub use output::argmax;
+pub use plan::{Mode, Options, OwnedSession, Plan, Session};
+pub use verify::{VerifyOptions, VerifyReport, verify};
 
 /// The README's library example, compiled and run as a doc test.
 #[doc = include_str!("../README.md")]

@@ -6,6 +6,7 @@ use half::{bf16, f16};
 
 use crate::error::{Error, FormatError, LayerError, Result};
 use crate::format::{self, Activation, DType, LayerKind, LayerRecord, Parsed, TensorInfo, limits};
+use crate::plan::{Options, Plan};
 
 /// How [`Model::load_with`] gets the file's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -17,29 +18,26 @@ pub enum LoadMode {
     Read,
 }
 
-/// A 64-byte block, so that owned buffers have the alignment the format gives tensors.
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-#[repr(C, align(64))]
-struct Block([u8; 64]);
-
+/// Owned file bytes are kept in `u64` words, so that every tensor (at a 64-byte file offset) is
+/// aligned for its dtype (at most 4 bytes) and the zero-copy views never fail on alignment.
 enum Storage {
     Mmap(memmap2::Mmap),
-    Owned { blocks: Vec<Block>, len: usize },
+    Owned { words: Vec<u64>, len: usize },
 }
 
 impl Storage {
     fn bytes(&self) -> &[u8] {
         match self {
             Storage::Mmap(m) => m,
-            Storage::Owned { blocks, len } => &bytemuck::cast_slice::<Block, u8>(blocks)[..*len],
+            Storage::Owned { words, len } => &bytemuck::cast_slice::<u64, u8>(words)[..*len],
         }
     }
 
     fn copy_of(bytes: &[u8]) -> Storage {
-        let mut blocks = vec![Block([0; 64]); bytes.len().div_ceil(64)];
-        bytemuck::cast_slice_mut::<Block, u8>(&mut blocks)[..bytes.len()].copy_from_slice(bytes);
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
         Storage::Owned {
-            blocks,
+            words,
             len: bytes.len(),
         }
     }
@@ -314,6 +312,14 @@ impl Model {
         })
     }
 
+    /// Compile the model into an execution plan: fold BN (or not, by `options.mode`) and pack the
+    /// weights for the kernels. See [`Plan::compile`].
+    ///
+    /// The plan owns its weights; the model (and its file mapping) can be dropped afterwards.
+    pub fn compile(&self, options: &Options) -> Result<Plan> {
+        Plan::compile(self, options)
+    }
+
     /// Layer `index` with its tensors resolved (panics if `index >= layers().len()`).
     pub fn layer_view(&self, index: usize) -> Result<LayerView<'_>> {
         let opt = |t: Option<usize>| t.map(|t| self.tensor_data(t)).transpose();
@@ -413,12 +419,17 @@ impl Model {
             }
         };
         for (index, layer) in self.parsed.layers.iter().enumerate() {
+            // Every tensor of the layer: the shape its role needs, and finite values (checked
+            // after the layer's own widths, so that a width error is reported as such).
+            let check_tensors = || -> Result<()> {
+                for r in layer.kind.tensor_refs() {
+                    self.checked_tensor(index, r.role, r.tensor, r.shape())?;
+                }
+                Ok(())
+            };
             match layer.kind {
                 LayerKind::Dense {
-                    inputs,
-                    outputs,
-                    weight,
-                    bias,
+                    inputs, outputs, ..
                 } => {
                     check_width(index, "inputs", inputs)?;
                     check_width(index, "outputs", outputs)?;
@@ -431,19 +442,14 @@ impl Model {
                             },
                         ));
                     }
-                    self.checked_tensor(index, "weight", weight, &[outputs, inputs])?;
-                    if let Some(b) = bias {
-                        self.checked_tensor(index, "bias", b, &[outputs])?;
-                    }
+                    check_tensors()?;
                     width = outputs;
                 }
                 LayerKind::BatchNorm {
                     features,
                     eps,
-                    gamma,
-                    beta,
-                    moving_mean,
                     moving_variance,
+                    ..
                 } => {
                     check_width(index, "features", features)?;
                     if features != width {
@@ -458,18 +464,8 @@ impl Model {
                     if !eps.is_finite() || eps < 0.0 {
                         return Err(self.layer_err(index, LayerError::BadEps(eps)));
                     }
-                    for (role, t) in [("gamma", gamma), ("beta", beta)] {
-                        if let Some(t) = t {
-                            self.checked_tensor(index, role, t, &[features])?;
-                        }
-                    }
-                    self.checked_tensor(index, "moving_mean", moving_mean, &[features])?;
-                    let var = self.checked_tensor(
-                        index,
-                        "moving_variance",
-                        moving_variance,
-                        &[features],
-                    )?;
+                    check_tensors()?;
+                    let var = self.tensor_data(moving_variance)?;
                     for feature in 0..features {
                         let v = var.get_f64(feature);
                         if v < 0.0 {

@@ -4,11 +4,12 @@
 //! share it through an `Arc`, and give each serving thread its own [`Session`], which holds the
 //! scratch buffers so that a call allocates nothing.
 
+use std::sync::Arc;
+
 use crate::error::{InputError, Result};
-use crate::fold::{Affine, fold_dense};
-use crate::format::Activation;
+use crate::fold::{Lowered, LoweredStep, lower};
 use crate::kernels::{self, DenseKernel, EpilogueOp, KernelChoice};
-use crate::model::{LayerView, Model};
+use crate::model::Model;
 
 /// Which computation a plan performs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -38,6 +39,12 @@ impl Options {
             mode: Mode::Folded,
             ..Options::default()
         }
+    }
+
+    /// These options with the computation `mode`.
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// These options with the dense kernels' path chosen by `kernel`.
@@ -88,208 +95,118 @@ pub struct Plan {
     steps: Vec<Step>,
 }
 
-/// Per-caller scratch for running a [`Plan`]. Create one per thread with [`Plan::session`].
-#[derive(Debug)]
-pub struct Session<'p> {
-    plan: &'p Plan,
+/// The two activation buffers a run ping-pongs between, grown to the largest batch seen.
+#[derive(Debug, Default)]
+struct Scratch {
     a: Vec<f32>,
     b: Vec<f32>,
 }
 
-/// A token of the layer sequence while grouping for the folded plan.
-enum Token {
-    Dense(usize),
-    /// A run of consecutive BN layers composed into one affine map; the last layer's index.
-    Bn(Affine, usize),
-    Act(Activation, usize),
+/// Per-caller scratch for running a [`Plan`], borrowing the plan. Create one per thread with
+/// [`Plan::session`]. For a session that must live in a `'static` place (a spawned task, a
+/// `thread_local!`, a struct beside the plan), see [`OwnedSession`].
+#[derive(Debug)]
+pub struct Session<'p> {
+    plan: &'p Plan,
+    scratch: Scratch,
 }
 
-impl Model {
-    /// Compile the model into an execution plan: fold (or not, by `options.mode`) and pack weights.
+/// A session that owns a reference-counted plan: the same scratch and the same `run` as
+/// [`Session`], with no lifetime, so that a server can keep it in a `'static` place.
+///
+/// ```no_run
+/// use std::cell::RefCell;
+/// use std::sync::{Arc, OnceLock};
+/// static PLAN: OnceLock<Arc<bnfold::Plan>> = OnceLock::new();
+/// thread_local! {
+///     // One session per worker thread, made on first use, reused for every call after.
+///     static SESSION: RefCell<Option<bnfold::OwnedSession>> = const { RefCell::new(None) };
+/// }
+/// fn infer(x: &[f32], batch: usize) -> bnfold::Result<Vec<f32>> {
+///     SESSION.with_borrow_mut(|s| {
+///         let s = s.get_or_insert_with(|| PLAN.get().expect("plan loaded at start-up").owned_session());
+///         Ok(s.run(x, batch)?.to_vec())
+///     })
+/// }
+/// ```
+#[derive(Debug)]
+pub struct OwnedSession {
+    plan: Arc<Plan>,
+    scratch: Scratch,
+}
+
+impl Plan {
+    /// Compile `model`: lower it for `options.mode` (see [`crate::fold::lower`]) and pack each
+    /// dense layer's weights for the kernel path `options.kernel` resolves to. Each dense layer is
+    /// packed as soon as it is folded, so the f32 copy of one layer at a time is alive.
     ///
-    /// The plan owns its weights; the model (and its file mapping) can be dropped afterwards.
-    pub fn compile(&self, options: &Options) -> Result<Plan> {
-        let steps = match options.mode {
-            Mode::Folded => self.folded_steps(options.kernel)?,
-            Mode::Unfolded => self.unfolded_steps(options.kernel)?,
-        };
+    /// [`Model::compile`] is the usual way to call this.
+    pub fn compile(model: &Model, options: &Options) -> Result<Plan> {
+        let mut steps: Vec<Step> = Vec::new();
+        let mut width = model.input_features();
+        // Folded plans fuse each elementwise op into the step before it (a dense layer's epilogue,
+        // applied while the tile is hot); the unfolded path keeps every layer its own pass, as a
+        // framework runs it.
+        let fuse = options.mode == Mode::Folded;
+        lower(model, options.mode, &mut |s: LoweredStep| {
+            match s.op {
+                Lowered::Dense(d) => {
+                    width = d.outputs;
+                    steps.push(Step {
+                        op: Op::Dense {
+                            kernel: DenseKernel::with_choice(
+                                d.inputs,
+                                d.outputs,
+                                &d.weight,
+                                &d.bias,
+                                options.kernel,
+                            ),
+                            epilogue: Vec::new(),
+                        },
+                        width,
+                        last_layer: s.last_layer,
+                    });
+                }
+                Lowered::Elementwise(op) => {
+                    if let Some(Step {
+                        op: Op::Dense { epilogue, .. } | Op::Elementwise(epilogue),
+                        last_layer,
+                        ..
+                    }) = steps.last_mut().filter(|_| fuse)
+                    {
+                        epilogue.push(op);
+                        *last_layer = s.last_layer;
+                    } else {
+                        steps.push(Step {
+                            op: Op::Elementwise(vec![op]),
+                            width,
+                            last_layer: s.last_layer,
+                        });
+                    }
+                }
+                Lowered::Softmax => steps.push(Step {
+                    op: Op::Softmax,
+                    width,
+                    last_layer: s.last_layer,
+                }),
+            }
+            Ok(())
+        })?;
         let max_width = steps
             .iter()
             .map(|s| s.width)
-            .chain([self.input_features()])
+            .chain([model.input_features()])
             .max()
             .unwrap_or(1);
         Ok(Plan {
             mode: options.mode,
-            input_features: self.input_features(),
-            output_features: self.output_features(),
+            input_features: model.input_features(),
+            output_features: model.output_features(),
             max_width,
             steps,
         })
     }
 
-    fn unfolded_steps(&self, choice: KernelChoice) -> Result<Vec<Step>> {
-        let mut steps = Vec::with_capacity(self.layers().len());
-        let mut width = self.input_features();
-        for index in 0..self.layers().len() {
-            let op = match self.layer_view(index)? {
-                LayerView::Dense(d) => {
-                    let bias = match d.bias {
-                        Some(b) => b.to_f32_vec(),
-                        None => vec![0.0; d.outputs],
-                    };
-                    width = d.outputs;
-                    Op::Dense {
-                        kernel: DenseKernel::with_choice(
-                            d.inputs,
-                            d.outputs,
-                            &d.weight.to_f32_vec(),
-                            &bias,
-                            choice,
-                        ),
-                        epilogue: Vec::new(),
-                    }
-                }
-                LayerView::BatchNorm(bn) => {
-                    let n = bn.features;
-                    // Exactly as frameworks compute it: stored values widened to f32, eps added
-                    // in f32, the square root taken once per feature.
-                    let denom = bn
-                        .moving_variance
-                        .to_f32_vec()
-                        .iter()
-                        .map(|&v| (v + bn.eps as f32).sqrt())
-                        .collect();
-                    Op::Elementwise(vec![EpilogueOp::BatchNorm {
-                        gamma: bn.gamma.map_or_else(|| vec![1.0; n], |g| g.to_f32_vec()),
-                        beta: bn.beta.map_or_else(|| vec![0.0; n], |b| b.to_f32_vec()),
-                        mean: bn.moving_mean.to_f32_vec(),
-                        denom,
-                    }])
-                }
-                LayerView::Activation(Activation::Softmax) => Op::Softmax,
-                LayerView::Activation(a) => Op::Elementwise(vec![EpilogueOp::Act(a)]),
-            };
-            steps.push(Step {
-                op,
-                width,
-                last_layer: index,
-            });
-        }
-        Ok(steps)
-    }
-
-    fn folded_steps(&self, choice: KernelChoice) -> Result<Vec<Step>> {
-        // 1. Tokens, with runs of consecutive BN layers composed into one affine map.
-        let mut tokens: Vec<Token> = Vec::with_capacity(self.layers().len());
-        for index in 0..self.layers().len() {
-            match self.layer_view(index)? {
-                LayerView::Dense(_) => tokens.push(Token::Dense(index)),
-                LayerView::BatchNorm(bn) => {
-                    let a = Affine::of_batch_norm(&bn);
-                    if let Some(Token::Bn(prev, last)) = tokens.last_mut() {
-                        *prev = prev.then(&a);
-                        *last = index;
-                    } else {
-                        tokens.push(Token::Bn(a, index));
-                    }
-                }
-                LayerView::Activation(a) => tokens.push(Token::Act(a, index)),
-            }
-        }
-
-        // 2. Emit steps. A BN right after a dense layer folds backward into it; a BN right before
-        //    a dense layer (and not right after one) folds forward into it; any other BN becomes
-        //    an affine op in the epilogue of the step before it.
-        let mut steps: Vec<Step> = Vec::new();
-        let mut width = self.input_features();
-        let mut i = 0;
-        while i < tokens.len() {
-            match &tokens[i] {
-                Token::Dense(index) => {
-                    let pre = match i.checked_sub(1).map(|p| &tokens[p]) {
-                        Some(Token::Bn(a, _))
-                            if !matches!(
-                                i.checked_sub(2).map(|p| &tokens[p]),
-                                Some(Token::Dense(_))
-                            ) =>
-                        {
-                            Some(a)
-                        }
-                        _ => None,
-                    };
-                    let (post, last) = match tokens.get(i + 1) {
-                        Some(Token::Bn(a, last)) => (Some(a), *last),
-                        _ => (None, *index),
-                    };
-                    let LayerView::Dense(dense) = self.layer_view(*index)? else {
-                        unreachable!("Token::Dense is only made for dense layers");
-                    };
-                    let f = fold_dense(&dense, pre, post).map_err(|e| self.layer_err(*index, e))?;
-                    width = f.outputs;
-                    steps.push(Step {
-                        op: Op::Dense {
-                            kernel: DenseKernel::with_choice(
-                                f.inputs, f.outputs, &f.weight, &f.bias, choice,
-                            ),
-                            epilogue: Vec::new(),
-                        },
-                        width,
-                        last_layer: last,
-                    });
-                    i += if post.is_some() { 2 } else { 1 };
-                }
-                Token::Bn(a, last) => {
-                    let folds_forward = matches!(tokens.get(i + 1), Some(Token::Dense(_)));
-                    if !folds_forward {
-                        let (scale, shift) = a.to_f32();
-                        push_elementwise(
-                            &mut steps,
-                            EpilogueOp::Affine { scale, shift },
-                            width,
-                            *last,
-                        );
-                    }
-                    i += 1;
-                }
-                Token::Act(Activation::Softmax, index) => {
-                    steps.push(Step {
-                        op: Op::Softmax,
-                        width,
-                        last_layer: *index,
-                    });
-                    i += 1;
-                }
-                Token::Act(a, index) => {
-                    push_elementwise(&mut steps, EpilogueOp::Act(*a), width, *index);
-                    i += 1;
-                }
-            }
-        }
-        Ok(steps)
-    }
-}
-
-/// Fuse an elementwise op into the previous step when it has an epilogue, else start a new step.
-fn push_elementwise(steps: &mut Vec<Step>, op: EpilogueOp, width: usize, last_layer: usize) {
-    if let Some(step) = steps.last_mut() {
-        match &mut step.op {
-            Op::Dense { epilogue, .. } | Op::Elementwise(epilogue) => {
-                epilogue.push(op);
-                step.last_layer = last_layer;
-                return;
-            }
-            Op::Softmax => {}
-        }
-    }
-    steps.push(Step {
-        op: Op::Elementwise(vec![op]),
-        width,
-        last_layer,
-    });
-}
-
-impl Plan {
     /// Folded or unfolded.
     pub fn mode(&self) -> Mode {
         self.mode
@@ -338,8 +255,7 @@ impl Plan {
     pub fn session(&self) -> Session<'_> {
         Session {
             plan: self,
-            a: Vec::new(),
-            b: Vec::new(),
+            scratch: Scratch::default(),
         }
     }
 
@@ -347,23 +263,41 @@ impl Plan {
     /// allocates.
     pub fn session_with_capacity(&self, max_batch: usize) -> Session<'_> {
         let mut s = self.session();
-        s.reserve(max_batch);
+        s.scratch.reserve(self, max_batch);
         s
     }
 
-    /// Run and return the output of every step, tagged with the index of the last model layer it
-    /// covers (for `bnfold verify`; allocates).
-    pub fn run_traced(&self, input: &[f32], batch: usize) -> Result<Vec<(usize, Vec<f32>)>> {
-        self.check_input(input, batch)?;
-        let mut out: Vec<(usize, Vec<f32>)> = Vec::with_capacity(self.steps.len());
-        for step in &self.steps {
-            // Each step reads the previous step's output in place (the input for the first).
-            let src = out.last().map_or(input, |(_, y)| y.as_slice());
-            let mut next = vec![0.0; batch * step.width];
-            step.run(src, &mut next, batch, src.len() / batch);
-            out.push((step.last_layer, next));
+    /// A session that keeps this plan alive through the `Arc` (see [`OwnedSession`]).
+    pub fn owned_session(self: &Arc<Self>) -> OwnedSession {
+        OwnedSession {
+            plan: Arc::clone(self),
+            scratch: Scratch::default(),
         }
-        Ok(out)
+    }
+
+    /// Like [`Plan::owned_session`], with buffers for `max_batch` rows allocated up front.
+    pub fn owned_session_with_capacity(self: &Arc<Self>, max_batch: usize) -> OwnedSession {
+        let mut s = self.owned_session();
+        s.scratch.reserve(self, max_batch);
+        s
+    }
+
+    /// Run step by step, handing out each step's output (for layer-by-layer comparison, as
+    /// [`crate::verify`] does). Holds two buffers of `batch` rows of the widest layer, like a
+    /// session; allocates them once.
+    pub fn trace<'a>(&'a self, input: &'a [f32], batch: usize) -> Result<Trace<'a>> {
+        self.check_input(input, batch)?;
+        let mut scratch = Scratch::default();
+        scratch.reserve(self, batch);
+        Ok(Trace {
+            plan: self,
+            input,
+            batch,
+            next: 0,
+            width: self.input_features,
+            cur_in_a: None,
+            scratch,
+        })
     }
 
     fn check_input(&self, input: &[f32], batch: usize) -> Result<()> {
@@ -409,32 +343,24 @@ impl Step {
     }
 }
 
-impl<'p> Session<'p> {
-    /// The plan this session runs.
-    pub fn plan(&self) -> &'p Plan {
-        self.plan
-    }
-
-    fn reserve(&mut self, batch: usize) {
-        let need = batch.saturating_mul(self.plan.max_width);
+impl Scratch {
+    fn reserve(&mut self, plan: &Plan, batch: usize) {
+        let need = batch.saturating_mul(plan.max_width);
         if self.a.len() < need {
             self.a.resize(need, 0.0);
             self.b.resize(need, 0.0);
         }
     }
 
-    /// Run `batch` rows of `input` (`[batch, input_features]` row-major) and return the outputs,
-    /// `[batch, output_features]` row-major, borrowed from the session's buffers.
-    ///
-    /// Allocates only when `batch` is larger than any batch this session has run before.
-    pub fn run(&mut self, input: &[f32], batch: usize) -> Result<&[f32]> {
-        self.plan.check_input(input, batch)?;
-        self.reserve(batch);
-        let mut width = self.plan.input_features;
+    /// Run `plan` on `batch` rows of `input`; the output borrows these buffers.
+    fn run<'s>(&'s mut self, plan: &Plan, input: &[f32], batch: usize) -> Result<&'s [f32]> {
+        plan.check_input(input, batch)?;
+        self.reserve(plan, batch);
+        let mut width = plan.input_features;
         // `cur_in_a` says which buffer holds the current activations; the input slice is read
         // directly by the first step, never copied.
         let mut cur_in_a: Option<bool> = None;
-        for step in &self.plan.steps {
+        for step in &plan.steps {
             // Elementwise steps (the unfolded path's BN and activation passes, an unfoldable BN)
             // run in place on the buffer that holds the activations: one pass over memory, as a
             // framework's separate BN kernel makes, not a copy and then a pass.
@@ -449,13 +375,16 @@ impl<'p> Session<'p> {
                 Some(true) => (&self.a[..], &mut self.b[..]),
                 Some(false) => (&self.b[..], &mut self.a[..]),
             };
-            let src = &src[..batch * width];
-            let dst = &mut dst[..batch * step.width];
-            step.run(src, dst, batch, width);
+            step.run(
+                &src[..batch * width],
+                &mut dst[..batch * step.width],
+                batch,
+                width,
+            );
             width = step.width;
             cur_in_a = Some(!cur_in_a.unwrap_or(false));
         }
-        let n = batch * self.plan.output_features;
+        let n = batch * plan.output_features;
         Ok(match cur_in_a {
             // A network with no layers is the identity; copy so the result borrows the session.
             None => {
@@ -467,9 +396,14 @@ impl<'p> Session<'p> {
         })
     }
 
-    /// Like [`Session::run`], but copies the outputs into `output`.
-    pub fn run_into(&mut self, input: &[f32], batch: usize, output: &mut [f32]) -> Result<()> {
-        let expected = batch.saturating_mul(self.plan.output_features);
+    fn run_into(
+        &mut self,
+        plan: &Plan,
+        input: &[f32],
+        batch: usize,
+        output: &mut [f32],
+    ) -> Result<()> {
+        let expected = batch.saturating_mul(plan.output_features);
         if output.len() != expected {
             return Err(InputError::OutputLength {
                 len: output.len(),
@@ -477,9 +411,98 @@ impl<'p> Session<'p> {
             }
             .into());
         }
-        let y = self.run(input, batch)?;
-        output.copy_from_slice(y);
+        output.copy_from_slice(self.run(plan, input, batch)?);
         Ok(())
+    }
+}
+
+impl<'p> Session<'p> {
+    /// The plan this session runs.
+    pub fn plan(&self) -> &'p Plan {
+        self.plan
+    }
+
+    /// Run `batch` rows of `input` (`[batch, input_features]` row-major) and return the outputs,
+    /// `[batch, output_features]` row-major, borrowed from the session's buffers.
+    ///
+    /// Allocates only when `batch` is larger than any batch this session has run before.
+    /// Non-finite inputs are not rejected: NaN and infinities flow through the network as IEEE
+    /// arithmetic takes them (a NaN input gives NaN outputs in its row; ReLU passes NaN on).
+    pub fn run(&mut self, input: &[f32], batch: usize) -> Result<&[f32]> {
+        self.scratch.run(self.plan, input, batch)
+    }
+
+    /// Like [`Session::run`], but copies the outputs into `output`
+    /// (`batch * output_features` values).
+    pub fn run_into(&mut self, input: &[f32], batch: usize, output: &mut [f32]) -> Result<()> {
+        self.scratch.run_into(self.plan, input, batch, output)
+    }
+}
+
+impl OwnedSession {
+    /// The plan this session runs.
+    pub fn plan(&self) -> &Arc<Plan> {
+        &self.plan
+    }
+
+    /// As [`Session::run`].
+    pub fn run(&mut self, input: &[f32], batch: usize) -> Result<&[f32]> {
+        self.scratch.run(&self.plan, input, batch)
+    }
+
+    /// As [`Session::run_into`].
+    pub fn run_into(&mut self, input: &[f32], batch: usize, output: &mut [f32]) -> Result<()> {
+        self.scratch.run_into(&self.plan, input, batch, output)
+    }
+}
+
+/// A plan run one step at a time (see [`Plan::trace`]).
+#[derive(Debug)]
+pub struct Trace<'a> {
+    plan: &'a Plan,
+    input: &'a [f32],
+    batch: usize,
+    next: usize,
+    width: usize,
+    cur_in_a: Option<bool>,
+    scratch: Scratch,
+}
+
+impl Trace<'_> {
+    /// The last model layer whose output the next step produces, or `None` when done.
+    pub fn next_layer(&self) -> Option<usize> {
+        self.plan.steps.get(self.next).map(|s| s.last_layer)
+    }
+
+    /// Run the next step and return the last model layer it covers and its output
+    /// (`[batch, width]` row-major), or `None` when every step has run.
+    pub fn step(&mut self) -> Option<(usize, &[f32])> {
+        let step = self.plan.steps.get(self.next)?;
+        self.next += 1;
+        let batch = self.batch;
+        let Scratch { a, b } = &mut self.scratch;
+        // Unlike a session, every step writes the other buffer (no in-place shortcut), so that
+        // the previous step's output is never overwritten while it is being read.
+        let (src, dst): (&[f32], &mut [f32]) = match self.cur_in_a {
+            None => (self.input, &mut a[..]),
+            Some(true) => (&a[..], &mut b[..]),
+            Some(false) => (&b[..], &mut a[..]),
+        };
+        step.run(
+            &src[..batch * self.width],
+            &mut dst[..batch * step.width],
+            batch,
+            self.width,
+        );
+        self.width = step.width;
+        let in_a = !self.cur_in_a.unwrap_or(false);
+        self.cur_in_a = Some(in_a);
+        let out = if in_a {
+            &self.scratch.a
+        } else {
+            &self.scratch.b
+        };
+        Some((step.last_layer, &out[..batch * step.width]))
     }
 }
 
@@ -494,5 +517,8 @@ mod tests {
         assert_send_sync::<Model>();
         fn assert_send<T: Send>() {}
         assert_send::<Session<'static>>();
+        assert_send::<OwnedSession>();
+        fn assert_static<T: 'static>() {}
+        assert_static::<OwnedSession>();
     }
 }

@@ -10,64 +10,78 @@ use crate::model::{LayerView, Model};
 /// The activation of one layer for every row, `[batch, width]` row-major, in f64.
 pub type LayerOutput = Vec<f64>;
 
-/// Run `batch` rows through `model` in f64 and return every layer's output (entry `i` is the output
-/// of layer `i`). `input` is `[batch, input_features]` row-major.
-pub fn forward_all(model: &Model, input: &[f64], batch: usize) -> Result<Vec<LayerOutput>> {
+/// Check that `input` holds `batch` rows of the model's input width.
+fn check_input(model: &Model, len: usize, batch: usize) -> Result<()> {
     if batch == 0 {
         return Err(InputError::EmptyBatch.into());
     }
-    if Some(input.len()) != batch.checked_mul(model.input_features()) {
+    if Some(len) != batch.checked_mul(model.input_features()) {
         return Err(InputError::Length {
-            len: input.len(),
+            len,
             batch,
             features: model.input_features(),
             expected: batch.saturating_mul(model.input_features()),
         }
         .into());
     }
+    Ok(())
+}
+
+/// Layer `index` of `model` applied to `x`, the `[batch, width]` output of the layer before it
+/// (or the network's input), in f64. Layer by layer, so that a caller can compare each layer and
+/// drop it (as [`crate::verify`] does) instead of keeping every layer's output.
+///
+/// Panics if `index` is out of range; `x.len()` must be a multiple of `batch`.
+pub fn forward_layer(model: &Model, index: usize, x: Vec<f64>, batch: usize) -> Result<Vec<f64>> {
+    let width = x.len() / batch.max(1);
+    Ok(match model.layer_view(index)? {
+        LayerView::Dense(d) => {
+            let mut y = vec![0.0; batch * d.outputs];
+            for r in 0..batch {
+                for o in 0..d.outputs {
+                    let mut acc = d.bias_f64(o);
+                    for i in 0..d.inputs {
+                        acc += x[r * d.inputs + i] * d.weight.get_f64(o * d.inputs + i);
+                    }
+                    y[r * d.outputs + o] = acc;
+                }
+            }
+            y
+        }
+        LayerView::BatchNorm(bn) => {
+            let mut y = x;
+            for (n, v) in y.iter_mut().enumerate() {
+                let j = n % bn.features;
+                let denom = (bn.moving_variance.get_f64(j) + bn.eps).sqrt();
+                *v = bn.gamma_f64(j) * (*v - bn.moving_mean.get_f64(j)) / denom + bn.beta_f64(j);
+            }
+            y
+        }
+        LayerView::Activation(Activation::Softmax) => {
+            let mut y = x;
+            for row in y.chunks_exact_mut(width) {
+                let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let s: f64 = row.iter().map(|v| (v - m).exp()).sum();
+                row.iter_mut().for_each(|v| *v = (*v - m).exp() / s);
+            }
+            y
+        }
+        LayerView::Activation(a) => {
+            let mut y = x;
+            y.iter_mut().for_each(|v| *v = a.eval_f64(*v));
+            y
+        }
+    })
+}
+
+/// Run `batch` rows through `model` in f64 and return every layer's output (entry `i` is the output
+/// of layer `i`). `input` is `[batch, input_features]` row-major.
+pub fn forward_all(model: &Model, input: &[f64], batch: usize) -> Result<Vec<LayerOutput>> {
+    check_input(model, input.len(), batch)?;
     let mut x = input.to_vec();
-    let mut width = model.input_features();
     let mut outputs = Vec::with_capacity(model.layers().len());
     for index in 0..model.layers().len() {
-        x = match model.layer_view(index)? {
-            LayerView::Dense(d) => {
-                let mut y = vec![0.0; batch * d.outputs];
-                for r in 0..batch {
-                    for o in 0..d.outputs {
-                        let mut acc = d.bias_f64(o);
-                        for i in 0..d.inputs {
-                            acc += x[r * d.inputs + i] * d.weight.get_f64(o * d.inputs + i);
-                        }
-                        y[r * d.outputs + o] = acc;
-                    }
-                }
-                width = d.outputs;
-                y
-            }
-            LayerView::BatchNorm(bn) => {
-                let mut y = x;
-                for (n, v) in y.iter_mut().enumerate() {
-                    let j = n % bn.features;
-                    let denom = (bn.moving_variance.get_f64(j) + bn.eps).sqrt();
-                    *v =
-                        bn.gamma_f64(j) * (*v - bn.moving_mean.get_f64(j)) / denom + bn.beta_f64(j);
-                }
-                y
-            }
-            LayerView::Activation(a) => {
-                let mut y = x;
-                if a == Activation::Softmax {
-                    for row in y.chunks_exact_mut(width) {
-                        let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                        let s: f64 = row.iter().map(|v| (v - m).exp()).sum();
-                        row.iter_mut().for_each(|v| *v = (*v - m).exp() / s);
-                    }
-                } else {
-                    y.iter_mut().for_each(|v| *v = activation(a, *v));
-                }
-                y
-            }
-        };
+        x = forward_layer(model, index, x, batch)?;
         outputs.push(x.clone());
     }
     Ok(outputs)
@@ -75,35 +89,15 @@ pub fn forward_all(model: &Model, input: &[f64], batch: usize) -> Result<Vec<Lay
 
 /// The network's output for `batch` rows, in f64.
 pub fn forward(model: &Model, input: &[f64], batch: usize) -> Result<Vec<f64>> {
-    let mut all = forward_all(model, input, batch)?;
-    Ok(all.pop().unwrap_or_else(|| input.to_vec()))
+    check_input(model, input.len(), batch)?;
+    let mut x = input.to_vec();
+    for index in 0..model.layers().len() {
+        x = forward_layer(model, index, x, batch)?;
+    }
+    Ok(x)
 }
 
-/// An elementwise activation in f64 (softmax is row-wise and handled by the caller).
+/// An elementwise activation in f64: [`Activation::eval_f64`], the one definition.
 pub fn activation(a: Activation, x: f64) -> f64 {
-    match a {
-        Activation::Identity | Activation::Softmax => x,
-        // Written so that NaN propagates, as in PyTorch (`f64::max` would turn it into 0).
-        Activation::Relu => {
-            if x < 0.0 {
-                0.0
-            } else {
-                x
-            }
-        }
-        Activation::LeakyRelu { alpha } => {
-            if x < 0.0 {
-                alpha as f64 * x
-            } else {
-                x
-            }
-        }
-        Activation::Tanh => x.tanh(),
-        Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-        Activation::GeluErf => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
-        Activation::GeluTanh => {
-            let c = (2.0 / std::f64::consts::PI).sqrt();
-            0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
-        }
-    }
+    a.eval_f64(x)
 }

@@ -9,23 +9,20 @@ use bnfold::kernels::{DenseKernel, EpilogueOp, Isa, KernelChoice, matmul_nt};
 
 const SIZES: [usize; 15] = [1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33, 64, 65, 127, 200];
 
-/// A small deterministic generator (xorshift64*), so the tests need no RNG API.
-struct Gen(u64);
+/// Test data from the one seeded generator, [`bnfold::synth::Rng`].
+struct Gen(bnfold::synth::Rng);
 impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    fn new(seed: u64) -> Gen {
+        Gen(bnfold::synth::Rng::new(seed))
     }
     /// Uniform in [-1, 1).
     fn uniform(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        self.0.uniform(-1.0, 1.0)
     }
     /// A multiple of 1/8 in [-4, 4]: products and sums of these are exact in f32 for the sizes
     /// used here (|sum| <= 200 * 16 = 3200 in steps of 1/64 needs 18 bits < 24).
     fn eighths(&mut self) -> f32 {
-        ((self.next() >> 32) % 65) as f32 / 8.0 - 4.0
+        ((self.0.next_u64() >> 32) % 65) as f32 / 8.0 - 4.0
     }
     fn vec(&mut self, len: usize, f: fn(&mut Gen) -> f32) -> Vec<f32> {
         (0..len).map(|_| f(self)).collect()
@@ -50,30 +47,8 @@ fn reference(x: &[f32], w: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> V
 /// The epilogue ops in f64, feature `j`.
 fn reference_op(op: &EpilogueOp, v: f64, j: usize) -> f64 {
     match op {
-        EpilogueOp::Act(a) => match a {
-            Activation::Identity | Activation::Softmax => v,
-            Activation::Relu => {
-                if v < 0.0 {
-                    0.0
-                } else {
-                    v
-                }
-            }
-            Activation::LeakyRelu { alpha } => {
-                if v < 0.0 {
-                    v * *alpha as f64
-                } else {
-                    v
-                }
-            }
-            Activation::Tanh => v.tanh(),
-            Activation::Sigmoid => 1.0 / (1.0 + (-v).exp()),
-            Activation::GeluErf => 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2)),
-            Activation::GeluTanh => {
-                let u = (2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v);
-                0.5 * v * (1.0 + u.tanh())
-            }
-        },
+        // The activations' one definition, the f64 reference's.
+        EpilogueOp::Act(a) => bnfold::reference::activation(*a, v),
         EpilogueOp::Affine { scale, shift } => scale[j] as f64 * v + shift[j] as f64,
         EpilogueOp::BatchNorm {
             gamma,
@@ -124,7 +99,7 @@ fn every_supported_path_is_reported_and_forceable() {
 /// any summation order, must give the f64 reference exactly: a tolerance of zero.
 #[test]
 fn exact_products_match_reference_bit_for_bit_on_every_shape_and_path() {
-    let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+    let mut g = Gen::new(0x9e37_79b9_7f4a_7c15);
     for &m in &SIZES {
         for &k in &SIZES {
             for &n in &SIZES {
@@ -156,7 +131,7 @@ fn exact_products_match_reference_bit_for_bit_on_every_shape_and_path() {
 /// summation order, plus one rounding of the bias addition. The test allows twice that bound.
 #[test]
 fn random_floats_are_within_the_summation_error_bound() {
-    let mut g = Gen(42);
+    let mut g = Gen::new(42);
     for &(m, k, n) in &[
         (1, 200, 127),
         (9, 65, 33),
@@ -243,7 +218,7 @@ fn epilogues(n: usize, g: &mut Gen) -> Vec<Vec<EpilogueOp>> {
 /// chain of up to five ops.
 #[test]
 fn epilogues_match_reference_on_every_path() {
-    let mut g = Gen(7);
+    let mut g = Gen::new(7);
     for &(m, k, n) in &[
         (1, 9, 17),
         (3, 31, 33),
@@ -285,7 +260,7 @@ fn epilogues_match_reference_on_every_path() {
 #[test]
 fn nan_and_infinity_propagate_like_the_reference() {
     let (m, k, n) = (10, 20, 40);
-    let mut g = Gen(3);
+    let mut g = Gen::new(3);
     let mut x = g.vec(m * k, Gen::eighths);
     let mut w = g.vec(n * k, Gen::eighths);
     let b = g.vec(n, Gen::eighths);
@@ -325,7 +300,7 @@ fn nan_and_infinity_propagate_like_the_reference() {
 #[test]
 fn unaligned_slices_give_the_same_bits() {
     let (m, k, n) = (13, 37, 45);
-    let mut g = Gen(11);
+    let mut g = Gen::new(11);
     let x = g.vec(m * k, Gen::uniform);
     let w = g.vec(n * k, Gen::uniform);
     let b = g.vec(n, Gen::uniform);
@@ -359,7 +334,7 @@ fn results_do_not_depend_on_the_thread_count() {
         .num_threads(2)
         .build()
         .unwrap();
-    let mut g = Gen(5);
+    let mut g = Gen::new(5);
     for &(m, k, n) in &[
         (1, 1024, 1000),
         (5, 700, 600),
@@ -389,7 +364,7 @@ fn results_do_not_depend_on_the_thread_count() {
 /// `matmul_nt` (the trainer's product) against the reference, exact on the 1/8 grid.
 #[test]
 fn matmul_nt_matches_reference() {
-    let mut g = Gen(9);
+    let mut g = Gen::new(9);
     for &(m, n, k) in &[
         (1, 1, 1),
         (3, 17, 9),
@@ -426,7 +401,7 @@ fn zero_inputs_give_the_bias() {
 /// roundings of O(10) values: 1e-5 relative tolerance.
 #[test]
 fn elementwise_passes_match_reference_with_special_values() {
-    let mut g = Gen(13);
+    let mut g = Gen::new(13);
     for len in 1..=19 {
         let mut v: Vec<f32> = g.vec(len, Gen::uniform).iter().map(|x| x * 10.0).collect();
         let specials = [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, -0.0];
@@ -461,10 +436,10 @@ fn elementwise_passes_match_reference_with_special_values() {
 /// at most ~64 f32 roundings of O(10) partial sums, and folding rounds the folded weights once.
 #[test]
 fn plan_options_force_the_kernel_path() {
-    let bytes = bnfold::bench::synthetic(20, true, &[64, 64], 5, 17).unwrap();
+    let bytes = bnfold::synth::mlp(20, true, &[64, 64], Activation::Relu, 5, 17).unwrap();
     let model = bnfold::Model::from_bytes(&bytes).unwrap();
     let batch = 11;
-    let mut g = Gen(21);
+    let mut g = Gen::new(21);
     let x = g.vec(batch * 20, Gen::uniform);
     let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     let want = bnfold::reference::forward(&model, &x64, batch).unwrap();

@@ -7,7 +7,7 @@ use bnfold::{Model, Options};
 
 #[test]
 fn tutorial_network_runs_without_starting_the_global_pool() {
-    let bytes = bnfold::bench::synthetic(1, true, &[30; 7], 1, 1).unwrap();
+    let bytes = bnfold::synth::mlp(1, true, &[30; 7], bnfold::Activation::Relu, 1, 1).unwrap();
     let model = Model::from_bytes(&bytes).unwrap();
     for opts in [Options::folded(), Options::unfolded()] {
         let plan = model.compile(&opts).unwrap();

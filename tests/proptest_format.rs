@@ -42,16 +42,16 @@ fn dtype() -> impl Strategy<Value = DType> {
 }
 
 /// An activation other than softmax (softmax may only be last; it is added separately).
+/// Drawn from `Activation::ALL`, so that a new activation is generated without an edit here.
 fn activation() -> impl Strategy<Value = Activation> {
-    prop_oneof![
-        Just(Activation::Identity),
-        Just(Activation::Relu),
-        (-2.0f32..2.0).prop_map(|alpha| Activation::LeakyRelu { alpha }),
-        Just(Activation::Tanh),
-        Just(Activation::Sigmoid),
-        Just(Activation::GeluErf),
-        Just(Activation::GeluTanh),
-    ]
+    let elementwise: Vec<Activation> = Activation::ALL
+        .into_iter()
+        .filter(|a| a.is_elementwise())
+        .collect();
+    (proptest::sample::select(elementwise), -2.0f32..2.0).prop_map(|(a, alpha)| match a {
+        Activation::LeakyRelu { .. } => Activation::LeakyRelu { alpha },
+        a => a,
+    })
 }
 
 /// Values for a tensor of `n` elements. `bits` gives any bit pattern at all (NaN, infinities,

@@ -322,7 +322,7 @@ fn build(input: &Input) -> Option<Vec<u8>> {
                 w.batch_norm(&name, n, eps.value(), tensors).ok()?;
             }
             Spec::Act { code, alpha } => {
-                let a = Activation::from_code(code % 8, *alpha)?;
+                let a = Activation::from_code(code % Activation::ALL.len() as u8, *alpha)?;
                 w.activation(&name, a).ok()?;
             }
             Spec::Reuse { tensor, outputs } => {

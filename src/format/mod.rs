@@ -10,6 +10,9 @@ mod writer;
 pub use reader::{Header, Parsed, TensorInfo, parse};
 pub use writer::{BatchNormTensors, TensorId, Writer};
 
+/// Activations are stored by code; the type lives in [`crate::activation`].
+pub use crate::activation::Activation;
+
 /// The eight magic bytes every bnfold weight file starts with: `\x89BNW\r\n\x1a\n`.
 ///
 /// Like PNG's, the high first byte catches 7-bit transfers and the CR LF / SUB bytes catch text-mode
@@ -51,8 +54,7 @@ pub mod limits {
 }
 
 /// Storage type of a tensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
     /// IEEE 754 binary32.
     F32,
@@ -100,84 +102,6 @@ impl DType {
     }
 }
 
-/// An activation function, as stored in an activation layer.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum Activation {
-    /// `x`.
-    Identity,
-    /// `max(x, 0)`.
-    Relu,
-    /// `x` for `x >= 0`, `alpha * x` otherwise.
-    LeakyRelu {
-        /// Slope for negative inputs.
-        alpha: f32,
-    },
-    /// Hyperbolic tangent.
-    Tanh,
-    /// `1 / (1 + exp(-x))`.
-    Sigmoid,
-    /// `x * Phi(x)` with the exact normal CDF, `0.5 * x * (1 + erf(x / sqrt 2))` (PyTorch's default).
-    GeluErf,
-    /// The tanh approximation `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
-    GeluTanh,
-    /// Softmax over the features of each row; only allowed as the last layer.
-    Softmax,
-}
-
-impl Activation {
-    /// The code stored in the file.
-    pub fn code(self) -> u8 {
-        match self {
-            Activation::Identity => 0,
-            Activation::Relu => 1,
-            Activation::LeakyRelu { .. } => 2,
-            Activation::Tanh => 3,
-            Activation::Sigmoid => 4,
-            Activation::GeluErf => 5,
-            Activation::GeluTanh => 6,
-            Activation::Softmax => 7,
-        }
-    }
-
-    /// The parameter stored beside the code (the leaky slope, 0 for the others).
-    pub fn param(self) -> f32 {
-        match self {
-            Activation::LeakyRelu { alpha } => alpha,
-            _ => 0.0,
-        }
-    }
-
-    /// Decode a code and its parameter; `None` for an unknown code.
-    pub fn from_code(code: u8, param: f32) -> Option<Self> {
-        Some(match code {
-            0 => Activation::Identity,
-            1 => Activation::Relu,
-            2 => Activation::LeakyRelu { alpha: param },
-            3 => Activation::Tanh,
-            4 => Activation::Sigmoid,
-            5 => Activation::GeluErf,
-            6 => Activation::GeluTanh,
-            7 => Activation::Softmax,
-            _ => return None,
-        })
-    }
-
-    /// Name as used by the CLI and the spec.
-    pub fn name(self) -> &'static str {
-        match self {
-            Activation::Identity => "identity",
-            Activation::Relu => "relu",
-            Activation::LeakyRelu { .. } => "leaky_relu",
-            Activation::Tanh => "tanh",
-            Activation::Sigmoid => "sigmoid",
-            Activation::GeluErf => "gelu_erf",
-            Activation::GeluTanh => "gelu_tanh",
-            Activation::Softmax => "softmax",
-        }
-    }
-}
-
 /// One layer as described in the file. Tensor fields are indices into the tensor table.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LayerKind {
@@ -211,6 +135,37 @@ pub enum LayerKind {
     Activation(Activation),
 }
 
+/// A layer's reference to a tensor, with the role it plays and the shape that role requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TensorRef {
+    /// The role: `weight`, `bias`, `gamma`, `beta`, `moving_mean` or `moving_variance`.
+    pub role: &'static str,
+    /// The layer-table field that holds the reference (`dense weight`, `batchnorm gamma`, ...), as
+    /// `docs/FORMAT.md` names it.
+    pub field: &'static str,
+    /// Index into the tensor table.
+    pub tensor: usize,
+    dims: [usize; 2],
+    rank: usize,
+}
+
+impl TensorRef {
+    fn vector(role: &'static str, field: &'static str, tensor: usize, n: usize) -> Self {
+        TensorRef {
+            role,
+            field,
+            tensor,
+            dims: [n, 0],
+            rank: 1,
+        }
+    }
+
+    /// The shape the role requires.
+    pub fn shape(&self) -> &[usize] {
+        &self.dims[..self.rank]
+    }
+}
+
 impl LayerKind {
     /// Display name of the kind.
     pub fn kind_name(&self) -> &'static str {
@@ -219,6 +174,98 @@ impl LayerKind {
             LayerKind::BatchNorm { .. } => "BatchNorm",
             LayerKind::Activation(_) => "Activation",
         }
+    }
+
+    /// The tensors this layer refers to, in table order, each with its role and required shape.
+    /// Absent optional tensors (a dense layer without bias, a BN without gamma) are left out.
+    pub fn tensor_refs(&self) -> Vec<TensorRef> {
+        match *self {
+            LayerKind::Dense {
+                inputs,
+                outputs,
+                weight,
+                bias,
+            } => {
+                let mut v = vec![TensorRef {
+                    role: "weight",
+                    field: "dense weight",
+                    tensor: weight,
+                    dims: [outputs, inputs],
+                    rank: 2,
+                }];
+                v.extend(bias.map(|t| TensorRef::vector("bias", "dense bias", t, outputs)));
+                v
+            }
+            LayerKind::BatchNorm {
+                features: n,
+                gamma,
+                beta,
+                moving_mean,
+                moving_variance,
+                ..
+            } => [
+                gamma.map(|t| TensorRef::vector("gamma", "batchnorm gamma", t, n)),
+                beta.map(|t| TensorRef::vector("beta", "batchnorm beta", t, n)),
+                Some(TensorRef::vector(
+                    "moving_mean",
+                    "batchnorm moving_mean",
+                    moving_mean,
+                    n,
+                )),
+                Some(TensorRef::vector(
+                    "moving_variance",
+                    "batchnorm moving_variance",
+                    moving_variance,
+                    n,
+                )),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            LayerKind::Activation(_) => Vec::new(),
+        }
+    }
+
+    /// The layer's shape for people: `784 -> 64` for a dense layer, `64` for a BN, empty for an
+    /// activation.
+    pub fn shape_text(&self) -> String {
+        match self {
+            LayerKind::Dense {
+                inputs, outputs, ..
+            } => format!("{inputs} -> {outputs}"),
+            LayerKind::BatchNorm { features, .. } => features.to_string(),
+            LayerKind::Activation(_) => String::new(),
+        }
+    }
+
+    /// The layer's parameters for people, with tensor names looked up in `tensors`:
+    /// `eps=1e-3 gamma=bn.weight beta=- ...`, or the activation (`leaky_relu:0.2`). A reference
+    /// outside `tensors` prints as `#index`.
+    pub fn detail(&self, tensors: &[TensorInfo]) -> String {
+        let name = |t: usize| tensors.get(t).map_or(format!("#{t}"), |i| i.name.clone());
+        let mut parts = Vec::new();
+        match self {
+            LayerKind::Activation(a) => return a.to_string(),
+            LayerKind::BatchNorm { eps, .. } => parts.push(format!("eps={eps:e}")),
+            LayerKind::Dense { .. } => {}
+        }
+        let refs = self.tensor_refs();
+        let roles: &[&str] = match self {
+            LayerKind::Dense { .. } => &["weight", "bias"],
+            _ => &["gamma", "beta", "moving_mean", "moving_variance"],
+        };
+        for role in roles {
+            let value = refs
+                .iter()
+                .find(|r| r.role == *role)
+                .map_or("-".to_owned(), |r| name(r.tensor));
+            let short = role.strip_prefix("moving_").map_or(*role, |r| match r {
+                "variance" => "var",
+                r => r,
+            });
+            parts.push(format!("{short}={value}"));
+        }
+        parts.join(" ")
     }
 }
 

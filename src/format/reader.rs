@@ -330,7 +330,8 @@ pub fn parse(bytes: &[u8], verify_checksum: bool) -> Result<Parsed> {
                 ));
             }
         };
-        for (field, t) in tensor_refs(&kind).into_iter().flatten() {
+        for r in kind.tensor_refs() {
+            let (field, t) = (r.field, r.tensor);
             if let Some(first_layer) = used_by[t].replace(index) {
                 return Err(Error::format(
                     layer_at,
@@ -360,31 +361,6 @@ pub fn parse(bytes: &[u8], verify_checksum: bool) -> Result<Parsed> {
         input_features: input_features as usize,
         layers,
     })
-}
-
-/// The tensors a layer refers to, with the name of the field that refers to each.
-fn tensor_refs(kind: &LayerKind) -> [Option<(&'static str, usize)>; 4] {
-    match *kind {
-        LayerKind::Dense { weight, bias, .. } => [
-            Some(("dense weight", weight)),
-            bias.map(|t| ("dense bias", t)),
-            None,
-            None,
-        ],
-        LayerKind::BatchNorm {
-            gamma,
-            beta,
-            moving_mean,
-            moving_variance,
-            ..
-        } => [
-            gamma.map(|t| ("batchnorm gamma", t)),
-            beta.map(|t| ("batchnorm beta", t)),
-            Some(("batchnorm moving_mean", moving_mean)),
-            Some(("batchnorm moving_variance", moving_variance)),
-        ],
-        LayerKind::Activation(_) => [None; 4],
-    }
 }
 
 /// Check the fixed header against the real length of `bytes`, and the checksum if asked.

@@ -12,7 +12,7 @@ use super::{
     ALIGN, Activation, DType, HEADER_LEN, MAGIC, NO_TENSOR, VERSION_MAJOR, VERSION_MINOR, align_up,
     fix_checksum, limits,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, WriterError};
 
 /// Handle to a tensor added to a [`Writer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,13 +77,15 @@ pub struct Writer {
     layers: Vec<(String, WLayer)>,
 }
 
-fn check_len(what: &str, s: &str, limit: u64) -> Result<()> {
+fn check_len(what: &'static str, s: &str, limit: u64) -> Result<()> {
     if s.len() as u64 > limit {
-        return Err(Error::Writer(format!(
-            "{what} '{}...' is {} bytes, the limit is {limit}",
-            &s[..s.floor_char_boundary(32)],
-            s.len()
-        )));
+        return Err(WriterError::NameTooLong {
+            what,
+            start: s[..s.floor_char_boundary(32)].to_owned(),
+            len: s.len(),
+            limit,
+        }
+        .into());
     }
     Ok(())
 }
@@ -143,37 +145,44 @@ impl Writer {
     ) -> Result<TensorId> {
         check_len("tensor name", name, limits::MAX_NAME_LEN)?;
         if shape.is_empty() || shape.len() > limits::MAX_RANK as usize {
-            return Err(Error::Writer(format!(
-                "tensor '{name}': rank {} is outside 1..={}",
-                shape.len(),
-                limits::MAX_RANK
-            )));
+            return Err(WriterError::Rank {
+                tensor: name.to_owned(),
+                rank: shape.len(),
+            }
+            .into());
         }
         if let Some(d) = shape
             .iter()
             .find(|&&d| d == 0 || d as u64 > limits::MAX_WIDTH)
         {
-            return Err(Error::Writer(format!(
-                "tensor '{name}': dimension {d} is outside 1..={}",
-                limits::MAX_WIDTH
-            )));
+            return Err(WriterError::Dimension {
+                tensor: name.to_owned(),
+                dim: *d,
+            }
+            .into());
         }
         let elems = shape
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .and_then(|e| e.checked_mul(dtype.size()));
         if elems != Some(bytes.len()) {
-            return Err(Error::Writer(format!(
-                "tensor '{name}': {} bytes given for shape {shape:?} of {}",
-                bytes.len(),
-                dtype.name()
-            )));
+            return Err(WriterError::ByteCount {
+                tensor: name.to_owned(),
+                bytes: bytes.len(),
+                shape: shape.to_vec(),
+                dtype,
+            }
+            .into());
         }
         if self.tensors.iter().any(|t| t.name == name) {
-            return Err(Error::Writer(format!("tensor '{name}' added twice")));
+            return Err(WriterError::DuplicateTensor(name.to_owned()).into());
         }
         if self.tensors.len() as u64 >= limits::MAX_TENSORS {
-            return Err(Error::Writer("too many tensors".into()));
+            return Err(WriterError::TooMany {
+                what: "tensors",
+                limit: limits::MAX_TENSORS,
+            }
+            .into());
         }
         self.tensors.push(WTensor {
             name: name.to_owned(),
@@ -187,7 +196,11 @@ impl Writer {
     fn push_layer(&mut self, name: &str, layer: WLayer) -> Result<&mut Self> {
         check_len("layer name", name, limits::MAX_NAME_LEN)?;
         if self.layers.len() as u64 >= limits::MAX_LAYERS {
-            return Err(Error::Writer("too many layers".into()));
+            return Err(WriterError::TooMany {
+                what: "layers",
+                limit: limits::MAX_LAYERS,
+            }
+            .into());
         }
         self.layers.push((name.to_owned(), layer));
         Ok(self)
@@ -202,8 +215,12 @@ impl Writer {
         weight: TensorId,
         bias: Option<TensorId>,
     ) -> Result<&mut Self> {
-        let to_u32 =
-            |v: usize| u32::try_from(v).map_err(|_| Error::Writer(format!("{v} too large")));
+        let to_u32 = |v: usize| {
+            u32::try_from(v).map_err(|_| WriterError::WidthTooLarge {
+                layer: name.to_owned(),
+                width: v,
+            })
+        };
         let layer = WLayer::Dense {
             inputs: to_u32(inputs)?,
             outputs: to_u32(outputs)?,
@@ -221,8 +238,10 @@ impl Writer {
         eps: f64,
         t: BatchNormTensors,
     ) -> Result<&mut Self> {
-        let features = u32::try_from(features)
-            .map_err(|_| Error::Writer(format!("{features} features is too many")))?;
+        let features = u32::try_from(features).map_err(|_| WriterError::WidthTooLarge {
+            layer: name.to_owned(),
+            width: features,
+        })?;
         let layer = WLayer::BatchNorm {
             features,
             eps,
@@ -294,7 +313,11 @@ impl Writer {
     /// Serialise to bytes, checksum included.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         if self.metadata.len() as u64 > limits::MAX_METADATA {
-            return Err(Error::Writer("too many metadata entries".into()));
+            return Err(WriterError::TooMany {
+                what: "metadata entries",
+                limit: limits::MAX_METADATA,
+            }
+            .into());
         }
         let mut table = Vec::new();
         let put_str = |t: &mut Vec<u8>, s: &str| {
@@ -322,7 +345,7 @@ impl Writer {
             table.extend_from_slice(&(t.bytes.len() as u64).to_le_bytes());
             offsets.push(offset);
             offset = align_up(offset + t.bytes.len() as u64)
-                .ok_or_else(|| Error::Writer("data too large".into()))?;
+                .ok_or(WriterError::TooLarge("data section"))?;
         }
         table.extend_from_slice(&self.input_features.to_le_bytes());
         table.extend_from_slice(&(self.layers.len() as u32).to_le_bytes());
@@ -363,21 +386,17 @@ impl Writer {
             }
         }
         if table.len() as u64 > limits::MAX_TABLE_LEN {
-            return Err(Error::Writer(format!(
-                "table section of {} bytes exceeds the {}-byte limit",
-                table.len(),
-                limits::MAX_TABLE_LEN
-            )));
+            return Err(WriterError::TableTooLarge { len: table.len() }.into());
         }
         let data_offset = align_up((HEADER_LEN + table.len()) as u64)
-            .ok_or_else(|| Error::Writer("table too large".into()))?;
+            .ok_or(WriterError::TooLarge("table section"))?;
         // The last tensor ends the file; no padding after it.
         let data_len = match (self.tensors.last(), offsets.last()) {
             (Some(t), Some(&o)) => o + t.bytes.len() as u64,
             _ => 0,
         };
         let total = usize::try_from(data_offset + data_len)
-            .map_err(|_| Error::Writer("file too large for this platform".into()))?;
+            .map_err(|_| WriterError::TooLarge("file (for this platform's address space)"))?;
         let mut out = vec![0u8; total];
         out[..8].copy_from_slice(&MAGIC);
         out[8..10].copy_from_slice(&VERSION_MAJOR.to_le_bytes());

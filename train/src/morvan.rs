@@ -11,7 +11,7 @@ use super::net::normal;
 use super::{
     Ema, Init, Loss, Network, Optimizer, OptimizerKind, Result, Spec, Targets, io_err, num,
 };
-use crate::format::{Activation, Writer};
+use bnfold::format::{Activation, Writer};
 
 /// The experiment's settings. [`Config::default`] is the tutorial's.
 #[derive(Debug, Clone, PartialEq)]

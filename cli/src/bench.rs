@@ -1,10 +1,9 @@
-//! The `bnfold bench` subcommand: argument parsing and printing over `bnfold::bench`.
+//! The `bnfold bench` subcommand: argument parsing and printing over `crate::measure`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bnfold::Model;
-use bnfold::kernels::{Isa, KernelChoice};
 use clap::Args;
 
 /// Arguments of `bnfold bench`.
@@ -24,8 +23,8 @@ pub struct BenchArgs {
     /// Only the unfolded path.
     #[arg(long)]
     unfolded_only: bool,
-    /// Kernel path: auto, avx512, avx2 or portable (an unsupported one falls back to auto's).
-    #[arg(long, default_value = "auto")]
+    /// Kernel path (an unsupported one falls back to auto's).
+    #[arg(long, default_value = "auto", value_parser = crate::kernel_names())]
     kernel: String,
     /// Minimum measuring time per configuration, milliseconds.
     #[arg(long, default_value_t = 500)]
@@ -37,19 +36,14 @@ pub struct BenchArgs {
 
 /// `bnfold bench`: measure with `bnfold::bench` and print a table or JSON.
 pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let kernel = match args.kernel.as_str() {
-        "auto" => KernelChoice::Auto,
-        name => KernelChoice::Force(Isa::from_name(name).ok_or_else(|| {
-            format!("unknown kernel {name:?}: use auto, avx512, avx2 or portable")
-        })?),
-    };
+    let kernel = crate::kernel_choice(&args.kernel);
     let modes = match (args.folded_only, args.unfolded_only) {
         (true, _) => vec![bnfold::Mode::Folded],
         (_, true) => vec![bnfold::Mode::Unfolded],
         _ => vec![bnfold::Mode::Folded, bnfold::Mode::Unfolded],
     };
     let model = Model::load(&args.file)?;
-    let cfg = bnfold::bench::Config {
+    let cfg = bnfold_cli::measure::Config {
         batches: args.batch.clone(),
         threads: args.pool.clone(),
         modes,
@@ -57,7 +51,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         min_time: std::time::Duration::from_millis(args.time_ms),
         ..Default::default()
     };
-    let results = bnfold::bench::measure(&model, &cfg)?;
+    let results = bnfold_cli::measure::measure(&model, &cfg)?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(ExitCode::SUCCESS);

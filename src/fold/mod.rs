@@ -9,6 +9,9 @@
 //!
 //! Both may apply to one dense layer; everything is computed in f64 from the stored values and
 //! rounded to f32 once, so the folded weights carry one rounding error each.
+//!
+//! [`lower`] decides, for a whole model, which BN folds backward, which forward and which stays a
+//! per-feature affine op; the plan (`crate::plan`) packs what it produces for the kernels.
 
 use crate::error::LayerError;
 use crate::model::{BatchNormView, DenseView};
@@ -122,3 +125,7 @@ pub fn fold_dense(
         bias,
     })
 }
+
+mod lower;
+
+pub use lower::{Lowered, LoweredStep, lower};

@@ -11,7 +11,7 @@ use super::{
     Ema, Init, Loss, Network, Optimizer, OptimizerKind, Result, Spec, Targets, TrainError, io_err,
     num,
 };
-use crate::format::{Activation, Writer};
+use bnfold::format::{Activation, Writer};
 
 /// Pixels per image (8 x 8).
 pub const PIXELS: usize = 64;
@@ -117,27 +117,18 @@ pub fn split(d: &Digits) -> (Digits, Digits) {
     (d.select(|i| !is_test[i]), d.select(|i| is_test[i]))
 }
 
-/// Index of the largest value of each row (the first one on ties).
-pub fn argmax_rows(scores: &[f32], width: usize) -> Vec<usize> {
-    scores
-        .chunks_exact(width)
-        .map(|r| {
-            r.iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                    if v > bv { (i, v) } else { (bi, bv) }
-                })
-                .0
-        })
-        .collect()
+/// The predicted class of each row: [`bnfold::argmax`] (the first largest; `None` for a row with
+/// a NaN).
+pub fn argmax_rows(scores: &[f32], width: usize) -> Vec<Option<usize>> {
+    scores.chunks_exact(width).map(bnfold::argmax).collect()
 }
 
-/// Fraction of rows whose largest score is at the label.
+/// Fraction of rows whose largest score is at the label (a row with no prediction is wrong).
 pub fn accuracy(scores: &[f32], labels: &[u8]) -> f64 {
     let hits = argmax_rows(scores, CLASSES)
         .iter()
         .zip(labels)
-        .filter(|(p, l)| **p == **l as usize)
+        .filter(|(p, l)| **p == Some(usize::from(**l)))
         .count();
     hits as f64 / labels.len().max(1) as f64
 }

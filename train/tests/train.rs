@@ -6,17 +6,30 @@
 //! and inference with the EMA; training is deterministic; the tutorial's contrast holds; and the
 //! shipped digits model classifies identically folded and unfolded.
 
-use bnfold::train::bn::{self, Real};
-use bnfold::train::{
+use bnfold::{Activation, Model, Options};
+use bnfold_train::bn::{self, Real};
+use bnfold_train::{
     Ema, Init, Loss, Network, Optimizer, OptimizerKind, Spec, Targets, digits, morvan,
 };
-use bnfold::{Activation, Model, Options};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Repository root, where models/ and data/ live.
+/// Repository root, where models/ and data/ live (this crate is `train/` in it).
 fn root() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("train/ has a parent")
+        .to_owned()
+}
+
+/// The numbers of a headerless CSV file, row after row.
+fn read_csv(path: &std::path::Path) -> Vec<f32> {
+    std::fs::read_to_string(path)
+        .expect("readable")
+        .lines()
+        .flat_map(|l| l.split(','))
+        .map(|v| v.trim().parse().expect("a number"))
+        .collect()
 }
 
 fn uniform(rng: &mut ChaCha8Rng, n: usize, lo: f64, hi: f64) -> Vec<f64> {
@@ -467,7 +480,10 @@ fn shipped_digits_model_folded_and_unfolded_agree_on_every_test_sample() {
         digits::argmax_rows(&unfolded, digits::CLASSES),
     );
     for (i, (a, b)) in pf.iter().zip(&pu).enumerate() {
-        assert_eq!(a, b, "test row {i}: folded says {a}, unfolded says {b}");
+        assert!(
+            a.is_some() && a == b,
+            "test row {i}: folded says {a:?}, unfolded says {b:?}"
+        );
     }
     // The accuracy recorded in the file is the one the engine reproduces (the trainer's own
     // inference could differ from the engine only on a near tie: allow one row).
@@ -505,10 +521,9 @@ fn digits_sample_is_the_first_eight_test_rows() {
     assert_eq!(all.rows(), 1797);
     let (train, test) = digits::split(&all);
     assert_eq!((train.rows(), test.rows()), (1433, 364));
-    let m =
-        bnfold::io::read_matrix(&root().join("models/digits_sample.csv"), false).expect("sample");
-    assert_eq!((m.rows, m.cols), (8, 64));
-    assert_eq!(m.data, test.pixels[..8 * 64].to_vec());
+    let sample = read_csv(&root().join("models/digits_sample.csv"));
+    assert_eq!(sample.len(), 8 * 64);
+    assert_eq!(sample, test.pixels[..8 * 64].to_vec());
 }
 
 #[test]
@@ -534,54 +549,35 @@ fn loss_plot_is_a_png_with_both_curves() {
         .map(|i| (i as f64, 2000.0 - 10.0 * i as f64))
         .collect();
     let series = [
-        bnfold::train::plot::Series {
+        bnfold_train::plot::Series {
             label: "a",
             color: (31, 119, 180),
             points: &a,
         },
-        bnfold::train::plot::Series {
+        bnfold_train::plot::Series {
             label: "b",
             color: (214, 39, 40),
             points: &b,
         },
     ];
-    bnfold::train::plot::log_curves(&path, "t", "x", "y", &series, (400, 300)).expect("plots");
+    bnfold_train::plot::log_curves(&path, "t", "x", "y", &series, (400, 300)).expect("plots");
     let png = std::fs::read(&path).expect("written");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     // IHDR: width and height, big-endian, right after the chunk length and type.
     assert_eq!(&png[16..24], &[0, 0, 1, 144, 0, 0, 1, 44]);
     // A plot with nothing finite to draw is an error, not an empty picture.
     let nan = [(1.0, f64::NAN), (2.0, f64::NAN)];
-    let bad = [bnfold::train::plot::Series {
+    let bad = [bnfold_train::plot::Series {
         label: "n",
         color: (0, 0, 0),
         points: &nan,
     }];
-    assert!(bnfold::train::plot::log_curves(&path, "t", "x", "y", &bad, (400, 300)).is_err());
+    assert!(bnfold_train::plot::log_curves(&path, "t", "x", "y", &bad, (400, 300)).is_err());
 }
 
 #[test]
-fn train_digits_command_writes_a_loadable_model_and_the_sample() {
+fn bad_digits_data_is_a_typed_error() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (out, sample) = (dir.path().join("d.bnw"), dir.path().join("s.csv"));
-    let data = root().join(digits::DEFAULT_DATA);
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_bnfold"))
-        .args(["train", "digits", "--epochs", "1", "--seed", "5", "--quiet"])
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .arg("--sample")
-        .arg(&sample)
-        .status()
-        .expect("runs bnfold");
-    assert!(status.success());
-    let model = Model::load(&out).expect("loads");
-    assert_eq!((model.input_features(), model.output_features()), (64, 10));
-    assert_eq!(model.metadata_value("seed"), Some("5"));
-    let m = bnfold::io::read_matrix(&sample, false).expect("sample");
-    assert_eq!((m.rows, m.cols), (8, 64));
-    // Bad data is a typed error, not a panic.
     let bad = dir.path().join("bad.csv.gz");
     std::fs::write(&bad, b"not gzip").expect("write");
     assert!(digits::load(&bad).is_err());

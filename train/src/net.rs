@@ -7,8 +7,8 @@ use rand_chacha::ChaCha8Rng;
 use super::bn::{self, BatchMoments, BatchNorm, Ema};
 use super::optim::{Optimizer, Param};
 use super::{Result, TrainError};
-use crate::format::{Activation, DType, Writer};
-use crate::kernels::{activation, matmul_nt};
+use bnfold::format::{Activation, DType, Writer};
+use bnfold::kernels::{activation, matmul_nt};
 
 /// How the dense layers' weights and biases start.
 #[derive(Debug, Clone, Copy, PartialEq)]

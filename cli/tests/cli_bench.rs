@@ -4,7 +4,7 @@
 use std::process::Command;
 
 fn model_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
-    let bytes = bnfold::bench::synthetic(5, true, &[30, 30], 3, 7).unwrap();
+    let bytes = bnfold::synth::mlp(5, true, &[30, 30], bnfold::Activation::Relu, 3, 7).unwrap();
     let path = dir.path().join("net.bnw");
     std::fs::write(&path, bytes).unwrap();
     path
@@ -105,5 +105,9 @@ fn bench_table_and_bad_kernel_name() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("unknown kernel \"sse9\""), "{err}");
+    // The accepted names come from the code (`Isa::ALL`), not a hand-written list.
+    assert!(err.contains("invalid value 'sse9'"), "{err}");
+    for isa in bnfold::Isa::ALL {
+        assert!(err.contains(isa.name()), "{isa} missing from: {err}");
+    }
 }

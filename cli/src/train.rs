@@ -7,7 +7,7 @@ use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use bnfold::format::Activation;
-use bnfold::train::{digits, morvan};
+use bnfold_train::{digits, morvan};
 
 /// What `bnfold train` trains.
 #[derive(Debug, Clone, Subcommand)]
@@ -23,7 +23,7 @@ pub enum TrainCommand {
         seed: u64,
         /// Hidden activation: relu (the lesson's code), tanh (the annotated discussion), sigmoid,
         /// leaky_relu, gelu_erf, gelu_tanh, identity.
-        #[arg(long, default_value = "relu", value_parser = parse_activation)]
+        #[arg(long, default_value = "relu", value_parser = clap::value_parser!(Activation))]
         activation: Activation,
         /// Where to write the network trained with BN.
         #[arg(long, default_value = "models/morvan.bnw")]
@@ -59,24 +59,6 @@ pub enum TrainCommand {
         #[arg(long, short)]
         quiet: bool,
     },
-}
-
-/// Parse an activation name as the CLI and the format spell it (`leaky_relu` has slope 0.01).
-pub fn parse_activation(s: &str) -> Result<Activation, String> {
-    Ok(match s {
-        "identity" => Activation::Identity,
-        "relu" => Activation::Relu,
-        "leaky_relu" => Activation::LeakyRelu { alpha: 0.01 },
-        "tanh" => Activation::Tanh,
-        "sigmoid" => Activation::Sigmoid,
-        "gelu_erf" => Activation::GeluErf,
-        "gelu_tanh" => Activation::GeluTanh,
-        _ => {
-            return Err(format!(
-                "unknown activation '{s}': use relu, tanh, sigmoid, leaky_relu, gelu_erf, gelu_tanh or identity"
-            ));
-        }
-    })
 }
 
 fn bar(len: u64, quiet: bool, what: &str) -> ProgressBar {
@@ -154,7 +136,7 @@ pub fn run(cmd: &TrainCommand) -> Result<(), Box<dyn std::error::Error>> {
                 label("with BN", |r| r.with_bn),
                 label("without BN", |r| r.without_bn),
             );
-            bnfold::train::plot::log_curves(
+            bnfold_train::plot::log_curves(
                 plot,
                 &format!(
                     "y = x^2 - 5 + noise: {} x {} {}, SGD lr {}, batch {}, seed {}",
@@ -168,12 +150,12 @@ pub fn run(cmd: &TrainCommand) -> Result<(), Box<dyn std::error::Error>> {
                 "training steps",
                 "full-data MSE (inference mode, EMA statistics; log scale)",
                 &[
-                    bnfold::train::plot::Series {
+                    bnfold_train::plot::Series {
                         label: &with_label,
                         color: (31, 119, 180),
                         points: &with,
                     },
-                    bnfold::train::plot::Series {
+                    bnfold_train::plot::Series {
                         label: &without_label,
                         color: (214, 39, 40),
                         points: &without,

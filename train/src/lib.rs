@@ -2,7 +2,7 @@
 //! exponential moving averages (EMA) of those moments are kept for inference, then written as
 //! bnfold weight files.
 //!
-//! What it implements, and where (DESIGN.md section 1 has the background):
+//! What it implements, and where (`docs/BATCHNORM.md` has the background):
 //! - [`bn`]: BN in training mode (batch mean, *biased* batch variance, as `tf.nn.moments`), its
 //!   exact backward pass, and the EMA `shadow = decay * shadow + (1 - decay) * batch_value`, with
 //!   TF's optional `num_updates` schedule. The shadows start at 0, as TF1's do.
@@ -13,9 +13,9 @@
 //! - [`morvan`]: the tutorial's experiment, with and without BN; [`digits`]: the digits classifier.
 //!
 //! The `bnfold train` command line (argument parsing, progress bars, printing) lives in the binary,
-//! `src/cli/train.rs`: the library never prints.
+//! `cli/src/train.rs`: the library never prints.
 //!
-//! Matrix products go through [`crate::kernels::matmul_nt`]. Every random number comes from one
+//! Matrix products go through [`bnfold::kernels::matmul_nt`]. Every random number comes from one
 //! seeded ChaCha8 stream and all reductions run in a fixed order, so the same seed gives the same
 //! weight file, bit for bit, on the same machine.
 
@@ -47,17 +47,17 @@ pub enum TrainError {
         /// The operating system's error.
         source: std::io::Error,
     },
-    /// Writing the weight file (or reading one back) failed. Boxed: `crate::Error` is large, and
+    /// Writing the weight file (or reading one back) failed. Boxed: `bnfold::Error` is large, and
     /// this keeps every `Result` of the trainer small.
     #[error(transparent)]
-    Model(Box<crate::Error>),
+    Model(Box<bnfold::Error>),
     /// Drawing the plot failed.
     #[error("plot: {0}")]
     Plot(String),
 }
 
-impl From<crate::Error> for TrainError {
-    fn from(e: crate::Error) -> Self {
+impl From<bnfold::Error> for TrainError {
+    fn from(e: bnfold::Error) -> Self {
         TrainError::Model(Box::new(e))
     }
 }

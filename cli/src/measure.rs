@@ -1,5 +1,4 @@
-//! Latency and throughput measurement of a model, folded and unfolded, for `bnfold bench` and the
-//! criterion benchmarks; and seeded synthetic networks to measure when no model file is at hand.
+//! Latency and throughput measurement of a model, folded and unfolded, for `bnfold bench`.
 //!
 //! Each measured call is one `Session::run` of a whole batch, timed on its own, so that the
 //! percentiles describe what a serving thread sees. The plan runs inside a rayon pool of the
@@ -7,16 +6,15 @@
 
 use std::time::{Duration, Instant};
 
-use crate::format::Writer;
-use crate::kernels::KernelChoice;
-use crate::{Activation, DType, Mode, Model, Options};
+use bnfold::kernels::KernelChoice;
+use bnfold::{Mode, Model, Options};
 
 /// What can stop a measurement.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     /// Compiling or running the model failed.
     #[error(transparent)]
-    Model(#[from] crate::Error),
+    Model(#[from] bnfold::Error),
     /// A thread pool of the requested size could not be started.
     #[error("cannot start a pool of {threads} threads: {source}")]
     Threads {
@@ -96,19 +94,6 @@ fn mode_name(m: Mode) -> &'static str {
     }
 }
 
-/// Seeded inputs in [-1, 1).
-fn inputs(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
 /// The `p`-th percentile (0..=100) of sorted values, nearest rank.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -132,11 +117,7 @@ pub fn measure(model: &Model, cfg: &Config) -> Result<Vec<Measurement>, BenchErr
     }
     let mut out = Vec::new();
     for &mode in &cfg.modes {
-        let opts = Options {
-            mode,
-            ..Options::default()
-        }
-        .with_kernel(cfg.kernel);
+        let opts = Options::default().with_mode(mode).with_kernel(cfg.kernel);
         let plan = model.compile(&opts)?;
         for &threads in &cfg.threads {
             let pool = rayon::ThreadPoolBuilder::new()
@@ -144,9 +125,9 @@ pub fn measure(model: &Model, cfg: &Config) -> Result<Vec<Measurement>, BenchErr
                 .build()
                 .map_err(|source| BenchError::Threads { threads, source })?;
             for &batch in &cfg.batches {
-                let x = inputs(batch * plan.input_features(), cfg.seed);
+                let x = bnfold::synth::input(batch, plan.input_features(), 1.0, cfg.seed);
                 let mut session = plan.session_with_capacity(batch);
-                let times = pool.install(|| -> Result<Vec<f64>, crate::Error> {
+                let times = pool.install(|| -> Result<Vec<f64>, bnfold::Error> {
                     // Warm-up: caches, page faults of the scratch, the pool's threads.
                     let warm = Instant::now();
                     while warm.elapsed() < cfg.min_time / 10 {
@@ -183,78 +164,6 @@ pub fn measure(model: &Model, cfg: &Config) -> Result<Vec<Measurement>, BenchErr
     Ok(out)
 }
 
-/// A seeded synthetic network: optionally a BN on the input, then for each hidden width a dense
-/// layer, a BN with non-trivial statistics and a ReLU, then a dense output layer. Weights are
-/// scaled He-style so that activations keep an O(1) scale through depth.
-pub fn synthetic(
-    input: usize,
-    input_bn: bool,
-    hidden: &[usize],
-    output: usize,
-    seed: u64,
-) -> Result<Vec<u8>, crate::Error> {
-    let mut s = seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1;
-    let mut uniform = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
-            })
-            .collect()
-    };
-    let mut w = Writer::new(input);
-    w.metadata("producer", "bnfold bench synthetic");
-    w.metadata("seed", seed.to_string());
-    let mut bn = |w: &mut Writer, name: &str, f: usize| -> Result<(), crate::Error> {
-        let gamma = uniform(f, 0.5, 1.5);
-        let beta = uniform(f, -0.5, 0.5);
-        let mean = uniform(f, -1.0, 1.0);
-        let var = uniform(f, 0.25, 4.0);
-        w.add_batch_norm(
-            name,
-            DType::F32,
-            1e-3,
-            Some(&gamma),
-            Some(&beta),
-            &mean,
-            &var,
-        )?;
-        Ok(())
-    };
-    if input_bn {
-        bn(&mut w, "input_bn", input)?;
-    }
-    let mut width = input;
-    let dense =
-        |w: &mut Writer, name: &str, out: usize, width: usize| -> Result<(), crate::Error> {
-            let sc = (2.0 / width as f32).sqrt();
-            let weight = {
-                let mut s2 = (out * 31 + width) as u64 ^ seed;
-                (0..out * width)
-                    .map(|_| {
-                        s2 ^= s2 << 13;
-                        s2 ^= s2 >> 7;
-                        s2 ^= s2 << 17;
-                        sc * (2.0 * ((s2 >> 40) as f32 / (1u64 << 24) as f32) - 1.0)
-                    })
-                    .collect::<Vec<f32>>()
-            };
-            let bias = vec![0.1f32; out];
-            w.add_dense(name, DType::F32, out, width, &weight, Some(&bias))?;
-            Ok(())
-        };
-    for (i, &h) in hidden.iter().enumerate() {
-        dense(&mut w, &format!("dense{i}"), h, width)?;
-        bn(&mut w, &format!("bn{i}"), h)?;
-        w.activation(&format!("relu{i}"), Activation::Relu)?;
-        width = h;
-    }
-    dense(&mut w, "out", output, width)?;
-    w.to_bytes()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,7 +179,7 @@ mod tests {
 
     #[test]
     fn measures_every_configuration_of_a_synthetic_network() {
-        let bytes = synthetic(4, true, &[30, 30], 2, 3).unwrap();
+        let bytes = bnfold::synth::mlp(4, true, &[30, 30], bnfold::Activation::Relu, 2, 3).unwrap();
         let model = Model::from_bytes(&bytes).unwrap();
         assert_eq!(model.input_features(), 4);
         let cfg = Config {

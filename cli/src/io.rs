@@ -1,8 +1,31 @@
-//! Reading input batches from `.npy` and CSV files, and writing outputs, for the command line.
+//! Reading input batches from `.npy` and CSV files, and writing outputs: the command line's, not
+//! the core library's (a serving binary brings its own input format).
 
 use std::path::Path;
 
-use crate::error::{Error, InputError, Result};
+/// Why an input file could not be read or an output file written: the file and what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    /// The operating system refused.
+    #[error("{}: {source}", path.display())]
+    Os {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The contents are not a matrix this tool reads.
+    #[error("{}: {message}", path.display())]
+    Contents {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What was wrong, and where in the file.
+        message: String,
+    },
+}
+
+/// Result of the readers and writers.
+pub type Result<T, E = IoError> = std::result::Result<T, E>;
 
 /// A `[rows, cols]` row-major f32 matrix.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,15 +38,18 @@ pub struct Matrix {
     pub data: Vec<f32>,
 }
 
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> IoError + '_ {
+    move |source| IoError::Os {
         path: path.to_owned(),
         source,
     }
 }
 
-fn other(path: &Path, msg: impl std::fmt::Display) -> Error {
-    InputError::Other(format!("{}: {msg}", path.display())).into()
+fn other(path: &Path, msg: impl std::fmt::Display) -> IoError {
+    IoError::Contents {
+        path: path.to_owned(),
+        message: msg.to_string(),
+    }
 }
 
 /// Read a matrix from `path`: `.npy` (f32 or f64, 1-D = one row, or 2-D, C order) by extension,

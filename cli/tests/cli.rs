@@ -1,12 +1,22 @@
 //! The command line: each subcommand on a real file, plus bad files and bad arguments.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use bnfold::synth::{Layer as L, Stats};
 use bnfold::{Activation, DType, Model, Options};
-use common::{L, Stats, network};
+
+fn network(input: usize, layers: &[L], seed: u64, dtype: DType, stats: Stats) -> Vec<u8> {
+    bnfold::synth::network(input, layers, seed, dtype, stats).expect("the writer takes it")
+}
+
+/// Repository root, where models/ and data/ live (this crate is `cli/` in it).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("cli/ has a parent")
+        .to_owned()
+}
 
 fn bnfold(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bnfold"))
@@ -90,7 +100,7 @@ fn inspect_lists_layers_tensors_metadata_and_checksum() {
         "BatchNorm",
         "l1.weight",
         "4 -> 8",
-        "producer = bnfold tests",
+        "producer = bnfold synth",
     ] {
         assert!(out.contains(needle), "missing '{needle}' in:\n{out}");
     }
@@ -102,7 +112,7 @@ fn inspect_lists_layers_tensors_metadata_and_checksum() {
     assert_eq!(v["layers"].as_array().unwrap().len(), 5);
     assert_eq!(v["layers"][1]["kind"], "Dense");
     assert_eq!(v["checksum"]["status"], "ok");
-    assert_eq!(v["metadata"]["producer"], "bnfold tests");
+    assert_eq!(v["metadata"]["producer"], "bnfold synth");
 }
 
 #[test]
@@ -131,13 +141,13 @@ fn run_prints_csv_that_matches_the_library() {
 #[test]
 fn run_reads_and_writes_npy_and_the_unfolded_path_agrees() {
     let f = fixture();
-    let x = bnfold::io::Matrix {
+    let x = bnfold_cli::io::Matrix {
         rows: 3,
         cols: 4,
         data: vec![0.1, 0.2, 0.3, 0.4, -1.0, 0.0, 1.0, 2.0, 5.0, -5.0, 0.5, 0.0],
     };
     let input = f.dir.join("x.npy");
-    bnfold::io::write_npy(&input, &x).unwrap();
+    bnfold_cli::io::write_npy(&input, &x).unwrap();
     let out_f = f.dir.join("yf.npy");
     let out_u = f.dir.join("yu.npy");
     let o = bnfold(&["run", p(&f.model), "-i", p(&input), "-o", p(&out_f)]);
@@ -152,8 +162,8 @@ fn run_reads_and_writes_npy_and_the_unfolded_path_agrees() {
         "--unfolded",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let yf = bnfold::io::read_matrix(&out_f, false).unwrap();
-    let yu = bnfold::io::read_matrix(&out_u, false).unwrap();
+    let yf = bnfold_cli::io::read_matrix(&out_f, false).unwrap();
+    let yu = bnfold_cli::io::read_matrix(&out_u, false).unwrap();
     assert_eq!((yf.rows, yf.cols), (3, 3));
     // Folded and unfolded round differently; see tests/fold.rs for why 2e-5 normwise is right.
     let scale = yu.data.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -295,4 +305,27 @@ fn a_closed_stdout_ends_quietly_instead_of_panicking() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
         assert!(o.status.success(), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn train_digits_command_writes_a_loadable_model_and_the_sample() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (out, sample) = (dir.path().join("d.bnw"), dir.path().join("s.csv"));
+    let data = root().join(bnfold_train::digits::DEFAULT_DATA);
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_bnfold"))
+        .args(["train", "digits", "--epochs", "1", "--seed", "5", "--quiet"])
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .arg("--sample")
+        .arg(&sample)
+        .status()
+        .expect("runs bnfold");
+    assert!(status.success());
+    let model = Model::load(&out).expect("loads");
+    assert_eq!((model.input_features(), model.output_features()), (64, 10));
+    assert_eq!(model.metadata_value("seed"), Some("5"));
+    let m = bnfold_cli::io::read_matrix(&sample, false).expect("sample");
+    assert_eq!((m.rows, m.cols), (8, 64));
 }
