@@ -19,7 +19,7 @@
 
 use super::EpilogueOp;
 use super::isa::Isa;
-use super::simd::{Portable, Simd};
+use super::simd::Simd;
 
 /// Batches up to this size take the small-batch (streaming, unpacked) path.
 pub(crate) const SMALL_BATCH: usize = 8;
@@ -332,7 +332,9 @@ unsafe fn epilogue_vec<V: Simd>(
 /// `kc * LANES` weights, `NR` rows of `kc` inputs or a `kc * NR` packed panel, `rows` output rows
 /// of `(MV - 1) * LANES + lanes_last` values).
 #[inline(always)]
-unsafe fn micro<V: Simd, const MV: usize, const NR: usize, const PACKED: bool>(t: &TileArgs<'_>) {
+pub(crate) unsafe fn micro<V: Simd, const MV: usize, const NR: usize, const PACKED: bool>(
+    t: &TileArgs<'_>,
+) {
     let l = V::LANES;
     // SAFETY: the function contract covers every access below.
     unsafe {
@@ -392,56 +394,28 @@ unsafe fn micro<V: Simd, const MV: usize, const NR: usize, const PACKED: bool>(t
     }
 }
 
-/// The tile shapes of one ISA and its entry points.
+/// The tile shapes of one ISA and its entry points (each ISA's file in `arch/` defines one).
 pub(crate) struct Family {
     pub(crate) lanes: usize,
     /// Small-batch tiles, by rows `1..=SMALL_BATCH` (index 0 unused): rows handled per tile,
     /// vectors per tile, the `MV`-vector entry and the one-vector entry for the last panels.
-    small: [(usize, usize, TileFn, TileFn); SMALL_BATCH + 1],
+    pub(crate) small: [(usize, usize, TileFn, TileFn); SMALL_BATCH + 1],
     /// Blocked path: `NR`, `MV`, the `MV`-vector entry and the one-vector entry.
-    big: (usize, usize, TileFn, TileFn),
+    pub(crate) big: (usize, usize, TileFn, TileFn),
 }
 
-#[cfg(target_arch = "x86_64")]
-mod entries {
-    use super::{TileArgs, micro};
-    use crate::kernels::simd::x86::{Avx2, Avx512};
-
-    /// AVX-512 tiles.
-    ///
-    /// # Safety
-    /// As [`micro`]; the CPU has AVX-512F (checked by `Isa::is_supported` before a family is
-    /// built).
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn avx512<const MV: usize, const NR: usize, const P: bool>(t: &TileArgs<'_>) {
-        // SAFETY: forwarded contract.
-        unsafe { micro::<Avx512, MV, NR, P>(t) }
-    }
-
-    /// AVX2 + FMA tiles.
-    ///
-    /// # Safety
-    /// As [`micro`]; the CPU has AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2<const MV: usize, const NR: usize, const P: bool>(t: &TileArgs<'_>) {
-        // SAFETY: forwarded contract.
-        unsafe { micro::<Avx2, MV, NR, P>(t) }
+impl Family {
+    /// The family of `isa`, which must be supported by this CPU (callers resolve it first).
+    pub(crate) fn of(isa: Isa) -> &'static Family {
+        super::arch::family(isa)
     }
 }
 
-/// Portable tiles.
-///
-/// # Safety
-/// As [`micro`] (any CPU).
-unsafe fn portable<const MV: usize, const NR: usize, const P: bool>(t: &TileArgs<'_>) {
-    // SAFETY: forwarded contract.
-    unsafe { micro::<Portable, MV, NR, P>(t) }
-}
-
-/// Tables of 8-lane families (AVX2 and portable share shapes: 16 registers).
+/// The tile table of an 8-lane, 16-register ISA (AVX2 and portable share shapes), over its entry
+/// point `$f::<MV, NR, PACKED>`.
 macro_rules! family8 {
     ($f:ident) => {
-        Family {
+        $crate::kernels::gemm::Family {
             lanes: 8,
             // rows 1: 8 accumulators (two FMA pipes x 4 cycles latency); 2: 4x2; 3-4: 2x4;
             // 5-6: 2x6 (BLIS's Haswell shape); 7-8: a 6-row tile and then the rest.
@@ -460,44 +434,7 @@ macro_rules! family8 {
         }
     };
 }
-
-impl Family {
-    /// The family of `isa`, which must be supported by this CPU (callers resolve it first).
-    pub(crate) fn of(isa: Isa) -> &'static Family {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use entries::{avx2, avx512};
-            static AVX512: Family = Family {
-                lanes: 16,
-                // rows 1: 8 vectors (memory-bound GEMV, eight independent chains); 2: 6x2;
-                // 3-4: 4x4; 5-8: 3x8 (24 accumulators of 32 registers).
-                small: [
-                    (1, 8, avx512::<8, 1, false>, avx512::<1, 1, false>),
-                    (1, 8, avx512::<8, 1, false>, avx512::<1, 1, false>),
-                    (2, 6, avx512::<6, 2, false>, avx512::<1, 2, false>),
-                    (4, 4, avx512::<4, 4, false>, avx512::<1, 4, false>),
-                    (4, 4, avx512::<4, 4, false>, avx512::<1, 4, false>),
-                    (8, 3, avx512::<3, 8, false>, avx512::<1, 8, false>),
-                    (8, 3, avx512::<3, 8, false>, avx512::<1, 8, false>),
-                    (8, 3, avx512::<3, 8, false>, avx512::<1, 8, false>),
-                    (8, 3, avx512::<3, 8, false>, avx512::<1, 8, false>),
-                ],
-                // 4 x 6: 24 accumulators, 4 weight vectors and a broadcast in 29 registers;
-                // 10 loads per 24 FMAs.
-                big: (6, 4, avx512::<4, 6, true>, avx512::<1, 6, true>),
-            };
-            static AVX2: Family = family8!(avx2);
-            match isa {
-                Isa::Avx512 => return &AVX512,
-                Isa::Avx2 => return &AVX2,
-                Isa::Portable => {}
-            }
-        }
-        static PORTABLE: Family = family8!(portable);
-        let _ = isa;
-        &PORTABLE
-    }
-}
+pub(crate) use family8;
 
 /// A raw output pointer that may cross threads: the drivers give each task a disjoint rectangle.
 #[derive(Clone, Copy)]

@@ -6,10 +6,16 @@
 //! (ReLU, leaky ReLU, affine, BN) are applied to each tile in registers before it is stored;
 //! transcendental activations run on the stored tile while it is still in L1.
 //!
+//! Layout: `gemm.rs` holds the packed weights, the one micro-kernel body (generic over the
+//! `simd` vector trait) and the drivers; `arch/` holds one file per instruction set (its vector
+//! type, its `#[target_feature]` entry point, its tile shapes, its detection) and the dispatch
+//! from [`Isa`]; `isa.rs` the choice of path; `activation.rs` the elementwise functions.
+//!
 //! Large layers use the current rayon pool: run inference inside `pool.install(|| ...)` to use a
 //! pool of your own. Small layers (below [`PARALLEL_MIN_MACS`]) never touch a pool.
 
 pub mod activation;
+mod arch;
 mod gemm;
 mod isa;
 mod simd;

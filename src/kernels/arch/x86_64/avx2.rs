@@ -1,0 +1,115 @@
+//! x86-64 AVX2 with FMA: the vector type, its micro-tile entry point and its tile shapes.
+//!
+//! Eight f32 lanes and 16 registers (the same shapes as the portable path, `family8!`).
+
+// Every method below is a thin wrapper over one or two intrinsics; the intrinsics need the ISA,
+// which is exactly the `Simd` trait's safety contract, so the bodies are not wrapped one by one.
+#![allow(unsafe_op_in_unsafe_fn)]
+
+use std::arch::x86_64::*;
+
+use crate::kernels::gemm::{Family, TileArgs, micro};
+use crate::kernels::simd::{Simd, partial_to_array};
+
+/// Whether this CPU can run the path.
+pub(crate) fn is_supported() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// AVX2 with FMA: eight lanes, 16 registers.
+#[derive(Clone, Copy)]
+pub(crate) struct Avx2(__m256);
+
+// SAFETY (all methods): the trait contract: the CPU has AVX2 and FMA and the pointers are valid for
+// the stated number of lanes. Unaligned loads/stores are used throughout.
+impl Simd for Avx2 {
+    const LANES: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        Avx2(_mm256_setzero_ps())
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        Avx2(_mm256_set1_ps(x))
+    }
+    #[inline(always)]
+    unsafe fn broadcast(p: *const f32) -> Self {
+        // SAFETY: trait contract.
+        Avx2(unsafe { _mm256_broadcast_ss(&*p) })
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: trait contract.
+        Avx2(unsafe { _mm256_loadu_ps(p) })
+    }
+    #[inline(always)]
+    unsafe fn load_partial(p: *const f32, n: usize) -> Self {
+        // SAFETY: trait contract; the portable helper reads only `n` values.
+        let buf = unsafe { partial_to_array::<8>(p, n) };
+        // SAFETY: `buf` holds eight f32.
+        Avx2(unsafe { _mm256_loadu_ps(buf.as_ptr()) })
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: trait contract.
+        unsafe { _mm256_storeu_ps(p, self.0) }
+    }
+    #[inline(always)]
+    unsafe fn store_partial(self, p: *mut f32, n: usize) {
+        let mut buf = [0.0f32; 8];
+        // SAFETY: `buf` holds eight f32; then only `n` values are copied to `p`.
+        unsafe {
+            _mm256_storeu_ps(buf.as_mut_ptr(), self.0);
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), p, n);
+        }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        Avx2(_mm256_fmadd_ps(a.0, b.0, c.0))
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        Avx2(_mm256_add_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn sub(a: Self, b: Self) -> Self {
+        Avx2(_mm256_sub_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self, b: Self) -> Self {
+        Avx2(_mm256_mul_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn div(a: Self, b: Self) -> Self {
+        Avx2(_mm256_div_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn where_negative_mul(self, slope: Self) -> Self {
+        let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(self.0, _mm256_setzero_ps());
+        Avx2(_mm256_blendv_ps(
+            self.0,
+            _mm256_mul_ps(self.0, slope.0),
+            neg,
+        ))
+    }
+    #[inline(always)]
+    unsafe fn relu(self) -> Self {
+        let zero = _mm256_setzero_ps();
+        let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(self.0, zero);
+        Avx2(_mm256_blendv_ps(self.0, zero, neg))
+    }
+}
+
+/// AVX2 + FMA tiles.
+///
+/// # Safety
+/// As [`micro`]; the CPU has AVX2 and FMA (checked by `Isa::is_supported` before the family is
+/// used).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile<const MV: usize, const NR: usize, const P: bool>(t: &TileArgs<'_>) {
+    // SAFETY: forwarded contract.
+    unsafe { micro::<Avx2, MV, NR, P>(t) }
+}
+
+/// The AVX2 tile shapes.
+pub(crate) static FAMILY: Family = crate::kernels::gemm::family8!(tile);

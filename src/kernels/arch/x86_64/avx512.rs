@@ -1,0 +1,125 @@
+//! x86-64 AVX-512F: the vector type, its micro-tile entry point and its tile shapes.
+//!
+//! Sixteen f32 lanes and 32 registers. Masked loads and stores make the partial vectors at the end
+//! of a row exact without a stack copy.
+
+// Every method below is a thin wrapper over one or two intrinsics; the intrinsics need the ISA,
+// which is exactly the `Simd` trait's safety contract, so the bodies are not wrapped one by one.
+#![allow(unsafe_op_in_unsafe_fn)]
+
+use std::arch::x86_64::*;
+
+use crate::kernels::gemm::{Family, TileArgs, micro};
+use crate::kernels::simd::Simd;
+
+/// Whether this CPU can run the path.
+pub(crate) fn is_supported() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+
+/// AVX-512F: sixteen lanes, 32 registers.
+#[derive(Clone, Copy)]
+pub(crate) struct Avx512(__m512);
+
+// SAFETY (all methods): the trait contract: the CPU has AVX-512F and the pointers are valid for the
+// stated number of lanes. Unaligned loads/stores are used throughout, so no alignment requirement.
+impl Simd for Avx512 {
+    const LANES: usize = 16;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        Avx512(_mm512_setzero_ps())
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        Avx512(_mm512_set1_ps(x))
+    }
+    #[inline(always)]
+    unsafe fn broadcast(p: *const f32) -> Self {
+        // SAFETY: trait contract.
+        Avx512(_mm512_set1_ps(unsafe { *p }))
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: trait contract.
+        Avx512(unsafe { _mm512_loadu_ps(p) })
+    }
+    #[inline(always)]
+    unsafe fn load_partial(p: *const f32, n: usize) -> Self {
+        let m: __mmask16 = ((1u32 << n) - 1) as __mmask16;
+        // SAFETY: masked-off lanes are not accessed (no fault), the rest are valid.
+        Avx512(unsafe { _mm512_maskz_loadu_ps(m, p) })
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: trait contract.
+        unsafe { _mm512_storeu_ps(p, self.0) }
+    }
+    #[inline(always)]
+    unsafe fn store_partial(self, p: *mut f32, n: usize) {
+        let m: __mmask16 = ((1u32 << n) - 1) as __mmask16;
+        // SAFETY: masked-off lanes are not written, the rest are valid.
+        unsafe { _mm512_mask_storeu_ps(p, m, self.0) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        Avx512(_mm512_fmadd_ps(a.0, b.0, c.0))
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        Avx512(_mm512_add_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn sub(a: Self, b: Self) -> Self {
+        Avx512(_mm512_sub_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self, b: Self) -> Self {
+        Avx512(_mm512_mul_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn div(a: Self, b: Self) -> Self {
+        Avx512(_mm512_div_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn where_negative_mul(self, slope: Self) -> Self {
+        // Ordered less-than is false for NaN, so NaN lanes keep their value.
+        let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(self.0, _mm512_setzero_ps());
+        Avx512(_mm512_mask_mul_ps(self.0, neg, self.0, slope.0))
+    }
+    #[inline(always)]
+    unsafe fn relu(self) -> Self {
+        let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(self.0, _mm512_setzero_ps());
+        Avx512(_mm512_mask_mov_ps(self.0, neg, _mm512_setzero_ps()))
+    }
+}
+
+/// AVX-512 tiles.
+///
+/// # Safety
+/// As [`micro`]; the CPU has AVX-512F (checked by `Isa::is_supported` before the family is used).
+#[target_feature(enable = "avx512f")]
+unsafe fn tile<const MV: usize, const NR: usize, const P: bool>(t: &TileArgs<'_>) {
+    // SAFETY: forwarded contract.
+    unsafe { micro::<Avx512, MV, NR, P>(t) }
+}
+
+/// The AVX-512 tile shapes.
+pub(crate) static FAMILY: Family = Family {
+    lanes: 16,
+    // rows 1: 8 vectors (memory-bound GEMV, eight independent chains); 2: 6x2;
+    // 3-4: 4x4; 5-8: 3x8 (24 accumulators of 32 registers).
+    small: [
+        (1, 8, tile::<8, 1, false>, tile::<1, 1, false>),
+        (1, 8, tile::<8, 1, false>, tile::<1, 1, false>),
+        (2, 6, tile::<6, 2, false>, tile::<1, 2, false>),
+        (4, 4, tile::<4, 4, false>, tile::<1, 4, false>),
+        (4, 4, tile::<4, 4, false>, tile::<1, 4, false>),
+        (8, 3, tile::<3, 8, false>, tile::<1, 8, false>),
+        (8, 3, tile::<3, 8, false>, tile::<1, 8, false>),
+        (8, 3, tile::<3, 8, false>, tile::<1, 8, false>),
+        (8, 3, tile::<3, 8, false>, tile::<1, 8, false>),
+    ],
+    // 4 x 6: 24 accumulators, 4 weight vectors and a broadcast in 29 registers;
+    // 10 loads per 24 FMAs.
+    big: (6, 4, tile::<4, 6, true>, tile::<1, 6, true>),
+};
