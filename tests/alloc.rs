@@ -101,3 +101,57 @@ fn steady_state_calls_allocate_nothing() {
         assert!(allocations() > before);
     }
 }
+
+#[test]
+fn owned_sessions_in_static_places_allocate_nothing_per_call() {
+    use std::cell::RefCell;
+    use std::sync::Arc;
+
+    thread_local! {
+        // The place a server keeps a per-thread session: 'static, so it must own its plan.
+        static SESSION: RefCell<Option<bnfold::OwnedSession>> = const { RefCell::new(None) };
+    }
+    let bytes = network(
+        12,
+        &[
+            L::Dense(20),
+            L::Bn,
+            L::Act(Activation::GeluTanh),
+            L::Dense(5),
+        ],
+        4,
+        DType::F16,
+        Stats::default(),
+    );
+    let model = Model::from_bytes(&bytes).unwrap();
+    for opts in [Options::folded(), Options::unfolded()] {
+        let plan = Arc::new(model.compile(&opts).unwrap());
+        let x = input(8, 12, 4);
+        let want = plan.session().run(&x, 8).unwrap().to_vec();
+        SESSION.with_borrow_mut(|s| *s = Some(plan.owned_session_with_capacity(8)));
+        // The Arc is shared: dropping ours leaves the session's plan alive.
+        let weak = Arc::downgrade(&plan);
+        drop(plan);
+        let mut out = vec![0.0; 8 * 5];
+        let before = allocations();
+        SESSION.with_borrow_mut(|s| {
+            let s = s.as_mut().expect("set above");
+            for batch in [8, 1, 8] {
+                assert_eq!(s.run(&x[..batch * 12], batch).unwrap().len(), batch * 5);
+            }
+            s.run_into(&x, 8, &mut out).unwrap();
+        });
+        assert_eq!(
+            allocations() - before,
+            0,
+            "{:?}: a call allocated",
+            opts.mode
+        );
+        // Same computation as a borrowing session: the same bits.
+        assert_eq!(out, want, "{:?}", opts.mode);
+        // The session kept the plan alive, and dropping it releases the plan.
+        assert!(weak.upgrade().is_some());
+        SESSION.with_borrow_mut(|s| *s = None);
+        assert!(weak.upgrade().is_none());
+    }
+}

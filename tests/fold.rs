@@ -18,7 +18,14 @@ use common::{L, Stats, input, network, normwise_error};
 const TOL: f64 = 2e-5;
 
 /// Run folded and unfolded plans and the reference; assert both within TOL of the reference and of
-/// each other. Returns the number of plan steps for the folded plan.
+/// each other, through sessions (the serving path) and layer by layer through `bnfold::verify`
+/// (the library's check, with the same tolerance). Returns the number of plan steps for the
+/// folded plan.
+///
+/// TOL = 2e-5 on the normwise error: these layers are at most 64 wide, so a dot product carries at
+/// most ~64 roundings of 2^-24 (4e-6) on the layer's scale, and the folded weights one more each;
+/// 2e-5 leaves a factor of ~4 over that bound, while a folding mistake (a dropped scale, eps in the
+/// wrong place) gives errors of order 1e-2 or more.
 fn check(input_width: usize, layers: &[L], seed: u64, dtype: DType, stats: Stats) -> usize {
     let bytes = network(input_width, layers, seed, dtype, stats);
     let model = Model::from_bytes(&bytes).unwrap();
@@ -37,6 +44,17 @@ fn check(input_width: usize, layers: &[L], seed: u64, dtype: DType, stats: Stats
         ef <= TOL && eu <= TOL && efu <= 2.0 * TOL,
         "{layers:?} seed {seed} {dtype:?} {stats:?}: folded {ef:e}, unfolded {eu:e}, folded vs unfolded {efu:e}"
     );
+    let report = bnfold::verify(
+        &model,
+        &x,
+        batch,
+        &bnfold::VerifyOptions::default().with_tolerance(TOL),
+    )
+    .unwrap();
+    assert!(report.passed(), "{layers:?} seed {seed}: {report:#?}");
+    assert_eq!(report.layers.len(), layers.len());
+    // The report's output errors are the session's: the trace runs the same steps.
+    assert_eq!(report.folded_vs_reference.normwise, ef);
     folded.num_steps()
 }
 
