@@ -1,4 +1,4 @@
-//! The tutorial's experiment (DESIGN.md section 1): fit `y = x^2 - 5 + noise` with a deep, badly
+//! The tutorial's experiment (`docs/BATCHNORM.md`, "The tutorial's experiment"): fit `y = x^2 - 5 + noise` with a deep, badly
 //! initialised network, with and without Batch Normalization, from the same seed.
 
 use std::io::Write;
