@@ -475,6 +475,16 @@ pub enum InputError {
         /// Needed length.
         expected: usize,
     },
+    /// The buffers for this batch cannot be allocated (or their size overflows).
+    #[error("{what} for batch {batch} needs {bytes} bytes, which cannot be allocated")]
+    OutOfMemory {
+        /// What was being allocated.
+        what: &'static str,
+        /// The batch asked for.
+        batch: usize,
+        /// The bytes needed (`usize::MAX` when the size overflows).
+        bytes: usize,
+    },
     /// A verification tolerance that is not a positive number.
     #[error("tolerance must be a positive number, got {0}")]
     Tolerance(f64),

@@ -222,6 +222,12 @@ impl Plan {
         self.output_features
     }
 
+    /// The widest row any step produces (or the input): a session holds two buffers of `batch`
+    /// rows of this width.
+    pub fn max_width(&self) -> usize {
+        self.max_width
+    }
+
     /// Number of kernel steps (dense layers with fused epilogues, standalone elementwise passes,
     /// softmax). Folding makes this smaller than the number of layers.
     pub fn num_steps(&self) -> usize {
@@ -260,10 +266,12 @@ impl Plan {
     }
 
     /// A session whose buffers already hold `max_batch` rows, so no call up to that batch
-    /// allocates.
+    /// allocates. If they cannot be allocated, the session starts empty and the first call
+    /// reports the error ([`InputError::OutOfMemory`]).
     pub fn session_with_capacity(&self, max_batch: usize) -> Session<'_> {
         let mut s = self.session();
-        s.scratch.reserve(self, max_batch);
+        // A failure here is reported by `run`, which tries again for the batch it is given.
+        let _ = s.scratch.reserve(self, max_batch);
         s
     }
 
@@ -278,7 +286,8 @@ impl Plan {
     /// Like [`Plan::owned_session`], with buffers for `max_batch` rows allocated up front.
     pub fn owned_session_with_capacity(self: &Arc<Self>, max_batch: usize) -> OwnedSession {
         let mut s = self.owned_session();
-        s.scratch.reserve(self, max_batch);
+        // As in `session_with_capacity`: `run` reports a failure.
+        let _ = s.scratch.reserve(self, max_batch);
         s
     }
 
@@ -288,7 +297,7 @@ impl Plan {
     pub fn trace<'a>(&'a self, input: &'a [f32], batch: usize) -> Result<Trace<'a>> {
         self.check_input(input, batch)?;
         let mut scratch = Scratch::default();
-        scratch.reserve(self, batch);
+        scratch.reserve(self, batch)?;
         Ok(Trace {
             plan: self,
             input,
@@ -344,18 +353,32 @@ impl Step {
 }
 
 impl Scratch {
-    fn reserve(&mut self, plan: &Plan, batch: usize) {
-        let need = batch.saturating_mul(plan.max_width);
-        if self.a.len() < need {
-            self.a.resize(need, 0.0);
-            self.b.resize(need, 0.0);
+    /// Grow both buffers to `batch` rows of the plan's widest step. Fallible: a batch whose
+    /// buffers cannot be allocated is an error, never an abort.
+    fn reserve(&mut self, plan: &Plan, batch: usize) -> Result<()> {
+        let oom = |bytes| InputError::OutOfMemory {
+            what: "session buffers",
+            batch,
+            bytes,
+        };
+        let need = batch
+            .checked_mul(plan.max_width)
+            .filter(|n| n.checked_mul(8).is_some())
+            .ok_or(oom(usize::MAX))?;
+        for buf in [&mut self.a, &mut self.b] {
+            if buf.len() < need {
+                buf.try_reserve_exact(need - buf.len())
+                    .map_err(|_| oom(need * 4))?;
+                buf.resize(need, 0.0);
+            }
         }
+        Ok(())
     }
 
     /// Run `plan` on `batch` rows of `input`; the output borrows these buffers.
     fn run<'s>(&'s mut self, plan: &Plan, input: &[f32], batch: usize) -> Result<&'s [f32]> {
         plan.check_input(input, batch)?;
-        self.reserve(plan, batch);
+        self.reserve(plan, batch)?;
         let mut width = plan.input_features;
         // `cur_in_a` says which buffer holds the current activations; the input slice is read
         // directly by the first step, never copied.

@@ -10,6 +10,23 @@ use crate::model::{LayerView, Model};
 /// The activation of one layer for every row, `[batch, width]` row-major, in f64.
 pub type LayerOutput = Vec<f64>;
 
+/// `batch * width` zeros, or an error if they cannot be allocated (never an abort).
+fn zeros(batch: usize, width: usize) -> Result<Vec<f64>> {
+    let oom = |bytes| InputError::OutOfMemory {
+        what: "f64 reference layer output",
+        batch,
+        bytes,
+    };
+    let n = batch
+        .checked_mul(width)
+        .filter(|n| n.checked_mul(8).is_some())
+        .ok_or(oom(usize::MAX))?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| oom(n * 8))?;
+    v.resize(n, 0.0);
+    Ok(v)
+}
+
 /// Check that `input` holds `batch` rows of the model's input width.
 fn check_input(model: &Model, len: usize, batch: usize) -> Result<()> {
     if batch == 0 {
@@ -36,7 +53,7 @@ pub fn forward_layer(model: &Model, index: usize, x: Vec<f64>, batch: usize) -> 
     let width = x.len() / batch.max(1);
     Ok(match model.layer_view(index)? {
         LayerView::Dense(d) => {
-            let mut y = vec![0.0; batch * d.outputs];
+            let mut y = zeros(batch, d.outputs)?;
             for r in 0..batch {
                 for o in 0..d.outputs {
                     let mut acc = d.bias_f64(o);

@@ -30,6 +30,11 @@ use crate::reference;
 /// The default tolerance on the normwise relative error (see the module documentation).
 pub const DEFAULT_TOLERANCE: f64 = 1e-4;
 
+/// Absolute differences below this (f32's smallest normal value, 2^-126) are not errors: an f32
+/// result cannot represent a reference value there with any relative precision (a deep network of
+/// GELUs can drive an f64 reference to 1e-300, which is exactly 0 in f32).
+pub const UNDERFLOW: f64 = f32::MIN_POSITIVE as f64;
+
 /// How far one output is from another.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct ErrorStats {
@@ -57,7 +62,15 @@ impl ErrorStats {
                 0.0
             } else {
                 let d = (g - w).abs();
-                if d.is_finite() { d } else { f64::INFINITY }
+                if !d.is_finite() {
+                    f64::INFINITY
+                } else if d < UNDERFLOW {
+                    // Below f32's normal range an f32 result cannot carry relative precision:
+                    // a reference value of 1e-300 *is* 0 in f32. Not an error.
+                    0.0
+                } else {
+                    d
+                }
             };
             s.max_abs = s.max_abs.max(d);
             // Elementwise relative error, with a floor so that exact zeros (ReLU) do not divide
@@ -152,6 +165,24 @@ impl VerifyReport {
     }
 }
 
+/// The bytes [`verify`] holds per input row, at most: the input (f32), the reference's current
+/// and next layer (f64), and two buffers per plan (f32) of the widest layer. A caller with a
+/// memory budget divides it by this to choose a batch (as `bnfold verify` does).
+pub fn bytes_per_row(model: &Model) -> u64 {
+    let widest = model
+        .layers()
+        .iter()
+        .filter_map(|l| match l.kind {
+            crate::format::LayerKind::Dense { outputs, .. } => Some(outputs),
+            _ => None,
+        })
+        .chain([model.input_features()])
+        .max()
+        .unwrap_or(1) as u64;
+    let input = model.input_features() as u64;
+    (4 * input).saturating_add(widest.saturating_mul(2 * 8 + 2 * 2 * 4))
+}
+
 /// Compile `model` folded and unfolded and compare both with the f64 reference on `batch` rows of
 /// `input` (`[batch, input_features]` row-major), layer by layer.
 ///
@@ -179,7 +210,14 @@ pub fn verify(
     let mut folded = folded_plan.trace(input, batch)?;
     let mut unfolded = unfolded_plan.trace(input, batch)?;
 
-    let mut x: Vec<f64> = input.iter().map(|&v| f64::from(v)).collect();
+    let mut x: Vec<f64> = Vec::new();
+    x.try_reserve_exact(input.len())
+        .map_err(|_| InputError::OutOfMemory {
+            what: "f64 reference input",
+            batch,
+            bytes: input.len().saturating_mul(8),
+        })?;
+    x.extend(input.iter().map(|&v| f64::from(v)));
     let n = model.layers().len();
     let mut layers = Vec::with_capacity(n);
     let mut worst = 0f64;
@@ -241,6 +279,12 @@ mod tests {
         assert_eq!(nan.normwise, f64::INFINITY);
         let inf = ErrorStats::measure(&[f32::INFINITY], &[f64::NEG_INFINITY]);
         assert_eq!(inf.normwise, f64::INFINITY);
+        // An f64 reference below f32's normal range against an f32 zero: not an error.
+        let tiny = ErrorStats::measure(&[0.0f32, 0.0], &[1e-300f64, -3e-39]);
+        assert_eq!(tiny.normwise, 0.0);
+        // But the same difference on a layer of normal scale is counted.
+        let big = ErrorStats::measure(&[0.0f32, 1.0], &[1e-30f64, 1.0]);
+        assert_eq!(big.max_abs, 1e-30);
     }
 
     #[test]

@@ -459,3 +459,28 @@ fn session_buffers_give_the_same_bits_as_the_traced_run() {
         );
     }
 }
+
+#[test]
+fn verify_passes_a_deep_gelu_network_whose_reference_underflows_f32() {
+    // 4,096 GELUs drive negative inputs towards 0 faster than f32 can follow: the f64 reference
+    // reaches values like 1e-300, which are exactly 0 in f32. That is not an error.
+    let mut w = bnfold::format::Writer::new(3);
+    for i in 0..4096 {
+        w.activation(&format!("gelu{i}"), Activation::GeluErf)
+            .unwrap();
+    }
+    let model = Model::from_bytes(&w.to_bytes().unwrap()).unwrap();
+    let x = [-3.0f32, -0.5, -2.0, -1.0, -0.25, -1.5];
+    let report = bnfold::verify(&model, &x, 2, &bnfold::VerifyOptions::default()).unwrap();
+    assert!(report.passed(), "worst {:e}", report.worst);
+    let all = bnfold::reference::forward_all(
+        &model,
+        &x.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+        2,
+    )
+    .unwrap();
+    assert!(
+        all.iter().flatten().any(|&v| v != 0.0 && v.abs() < 1e-300),
+        "the case must take the reference far below f32's range"
+    );
+}

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bnfold::Model;
 use clap::Args;
 
 /// Arguments of `bnfold bench`.
@@ -11,12 +10,14 @@ use clap::Args;
 pub struct BenchArgs {
     /// A bnfold weight file (.bnw).
     file: PathBuf,
-    /// Rows per call, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
-    batch: Vec<usize>,
-    /// Thread-pool sizes to run in, comma-separated.
-    #[arg(long = "pool", value_delimiter = ',', default_value = "1")]
-    pool: Vec<usize>,
+    /// Rows per call, comma-separated (each 1..=1000000, and within --max-memory-mib).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    batch: Vec<u32>,
+    /// Thread-pool sizes to run in, comma-separated (each 1..=1024).
+    #[arg(long = "pool", value_delimiter = ',', default_value = "1",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pool: Vec<u16>,
     /// Only the folded path.
     #[arg(long, conflicts_with = "unfolded_only")]
     folded_only: bool,
@@ -26,9 +27,12 @@ pub struct BenchArgs {
     /// Kernel path (an unsupported one falls back to auto's).
     #[arg(long, default_value = "auto", value_parser = crate::kernel_names())]
     kernel: String,
-    /// Minimum measuring time per configuration, milliseconds.
-    #[arg(long, default_value_t = 500)]
+    /// Minimum measuring time per configuration, milliseconds (1..=600000).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     time_ms: u64,
+    /// Memory budget for one configuration's input and session buffers, in MiB.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    max_memory_mib: u64,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -42,10 +46,28 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         (_, true) => vec![bnfold::Mode::Unfolded],
         _ => vec![bnfold::Mode::Folded, bnfold::Mode::Unfolded],
     };
-    let model = Model::load(&args.file)?;
+    let model = crate::load_model(&args.file)?;
+    // Each configuration holds its input and a session's two buffers of the widest layer.
+    let widest = model
+        .compile(&bnfold::Options::default().with_kernel(kernel))?
+        .max_width() as u64;
+    let per_row = 4 * (model.input_features() as u64 + 2 * widest);
+    let budget = args.max_memory_mib.saturating_mul(1 << 20);
+    if let Some(&b) = args
+        .batch
+        .iter()
+        .find(|&&b| u64::from(b).saturating_mul(per_row) > budget)
+    {
+        return Err(format!(
+            "--batch {b} needs {} MiB for this model ({per_row} bytes a row), over the {} MiB budget (--max-memory-mib)",
+            u64::from(b).saturating_mul(per_row) >> 20,
+            args.max_memory_mib
+        )
+        .into());
+    }
     let cfg = bnfold_cli::measure::Config {
-        batches: args.batch.clone(),
-        threads: args.pool.clone(),
+        batches: args.batch.iter().map(|&b| b as usize).collect(),
+        threads: args.pool.iter().map(|&t| usize::from(t)).collect(),
         modes,
         kernel,
         min_time: std::time::Duration::from_millis(args.time_ms),

@@ -1,18 +1,41 @@
 //! `bnfold inspect`: what a weight file holds.
+//!
+//! Every name from the file is printed through [`bnfold_cli::text::name`] (control characters
+//! escaped, length capped). A file whose checksum fails is still shown, with the mismatch, and the
+//! command then exits with status 1: the file must not be trusted, but a person repairing it needs to
+//! see what it holds.
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use bnfold::Model;
+use bnfold::{FormatError, Model};
+use bnfold_cli::text::name;
 
 use crate::CliResult;
 
 /// Print the layers, tensors, metadata and checksum of `file`, as text or JSON.
 pub fn run(file: &Path, json: bool) -> CliResult {
-    let model = Model::load(file)?;
+    let (model, mismatch) = match Model::load(file) {
+        Ok(m) => (m, None),
+        Err(e) => match e.format_kind() {
+            Some(&FormatError::ChecksumMismatch { stored, computed }) => {
+                let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+                let m = Model::from_bytes_unchecked_crc(&bytes)
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+                (m, Some((stored, computed)))
+            }
+            _ => return Err(crate::load_model(file).err().unwrap_or_else(|| e.into())),
+        },
+    };
     let h = model.header();
     let tensors = model.tensors();
-    let layer_desc = |kind: &bnfold::format::LayerKind| (kind.shape_text(), kind.detail(tensors));
+    let layer_desc =
+        |kind: &bnfold::format::LayerKind| (kind.shape_text(), name(&kind.detail(tensors)));
+    let code = if mismatch.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    };
     if json {
         let layers: Vec<_> = model
             .layers()
@@ -26,15 +49,25 @@ pub fn run(file: &Path, json: bool) -> CliResult {
             .iter()
             .map(|t| serde_json::json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape, "offset": t.file_offset, "bytes": t.byte_len}))
             .collect();
-        let metadata: serde_json::Map<String, serde_json::Value> = model
+        // In stored order, repeated keys kept (a JSON object would sort them and keep the last).
+        let metadata: Vec<_> = model
             .metadata()
             .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+            .map(|(k, v)| serde_json::json!({"key": k, "value": v}))
             .collect();
+        let checksum = match mismatch {
+            None => {
+                serde_json::json!({"algorithm": "crc32", "value": format!("{:08x}", h.checksum), "status": "ok"})
+            }
+            Some((stored, computed)) => serde_json::json!({
+                "algorithm": "crc32", "value": format!("{stored:08x}"),
+                "computed": format!("{computed:08x}"), "status": "mismatch"
+            }),
+        };
         let doc = serde_json::json!({
             "file": file.display().to_string(),
             "version": format!("{}.{}", h.version_major, h.version_minor),
-            "checksum": {"algorithm": "crc32", "value": format!("{:08x}", h.checksum), "status": "ok"},
+            "checksum": checksum,
             "input_features": model.input_features(),
             "output_features": model.output_features(),
             "layers": layers,
@@ -42,11 +75,16 @@ pub fn run(file: &Path, json: bool) -> CliResult {
             "metadata": metadata,
         });
         outln!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
-    outln!("file      {}", file.display());
+    outln!("file      {}", name(&file.display().to_string()));
     outln!("format    bnfold v{}.{}", h.version_major, h.version_minor);
-    outln!("checksum  crc32 {:08x} (verified)", h.checksum);
+    match mismatch {
+        None => outln!("checksum  crc32 {:08x} (verified)", h.checksum),
+        Some((stored, computed)) => outln!(
+            "checksum  crc32 {stored:08x} MISMATCH: the contents give {computed:08x}; the file is corrupt"
+        ),
+    }
     outln!(
         "network   {} -> {} features, {} layers, {} tensors",
         model.input_features(),
@@ -60,15 +98,15 @@ pub fn run(file: &Path, json: bool) -> CliResult {
         outln!(
             "  {i:>3}  {:<10} {:<20} {:<12} {detail}",
             l.kind.kind_name(),
-            l.name,
+            name(&l.name),
             shape
         );
     }
-    outln!("\ntensors");
+    outln!("\ntensors (offsets are absolute, from the start of the file)");
     for t in tensors {
         outln!(
             "  {:<28} {:<5} {:<14} {:>10} bytes at {}",
-            t.name,
+            name(&t.name),
             t.dtype.name(),
             format!("{:?}", t.shape),
             t.byte_len,
@@ -78,8 +116,8 @@ pub fn run(file: &Path, json: bool) -> CliResult {
     if !model.metadata().is_empty() {
         outln!("\nmetadata");
         for (k, v) in model.metadata() {
-            outln!("  {k} = {v}");
+            outln!("  {} = {}", name(k), name(v));
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }

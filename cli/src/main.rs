@@ -1,6 +1,5 @@
 //! The `bnfold` command line: a thin layer of argument parsing and printing over the library.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -15,12 +14,12 @@ macro_rules! outln {
 
 mod bench;
 mod inspect;
+mod run;
 mod train;
 mod verify;
 
+use bnfold::Model;
 use bnfold::kernels::{Isa, KernelChoice};
-use bnfold::{Model, Options};
-use bnfold_cli::io::{Matrix, read_matrix, write_csv, write_npy};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -30,8 +29,8 @@ use clap::{Parser, Subcommand};
     about = "Inference for dense networks with Batch Normalization folded in at load time"
 )]
 struct Cli {
-    /// Worker threads for large layers (default: one per core).
-    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Worker threads for large layers (default: one per core; at most 1024).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
@@ -48,56 +47,9 @@ enum Command {
         json: bool,
     },
     /// Run inference on a batch read from .npy or CSV.
-    Run {
-        /// A bnfold weight file (.bnw).
-        file: PathBuf,
-        /// Input rows: .npy (f32/f64, [batch, features]) or CSV (one row per line).
-        #[arg(long, short)]
-        input: PathBuf,
-        /// Write outputs to this .npy file instead of CSV on stdout.
-        #[arg(long, short)]
-        output: Option<PathBuf>,
-        /// Run the unfolded path (dense, BN with EMA statistics, activation) instead of the folded one.
-        #[arg(long)]
-        unfolded: bool,
-        /// The CSV input starts with a header line.
-        #[arg(long)]
-        header: bool,
-        /// Print the index of the largest output of each row (the predicted class) instead of the
-        /// outputs.
-        #[arg(long, conflicts_with = "output")]
-        argmax: bool,
-    },
+    Run(run::RunArgs),
     /// Compare folded, unfolded and an f64 reference, layer by layer.
-    Verify {
-        /// A bnfold weight file (.bnw).
-        file: PathBuf,
-        /// Input rows (.npy or CSV); default: a seeded random batch.
-        #[arg(long, short)]
-        input: Option<PathBuf>,
-        /// The CSV input starts with a header line.
-        #[arg(long)]
-        header: bool,
-        /// Rows in the random batch.
-        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-        batch: u32,
-        /// Seed of the random batch.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Random inputs are uniform in [-scale, scale).
-        #[arg(long, default_value_t = 1.0)]
-        scale: f32,
-        /// Largest accepted error, relative to the largest reference magnitude of the same layer.
-        ///
-        /// The default, 1e-4, is about 1700 f32 units in the last place: each folded weight is rounded
-        /// once (2^-24 relative) and a dot product of k terms adds up to k roundings, usually far
-        /// fewer, so errors above it mean a wrong result, not rounding.
-        #[arg(long, default_value_t = bnfold::verify::DEFAULT_TOLERANCE)]
-        tolerance: f64,
-        /// Kernel path of both plans (an unsupported one falls back to auto's).
-        #[arg(long, default_value = "auto", value_parser = kernel_names())]
-        kernel: String,
-    },
+    Verify(verify::VerifyArgs),
     /// Measure latency (p50, p99) and throughput, folded and unfolded.
     Bench(bench::BenchArgs),
     /// Train a network with Batch Normalization and write it as a weight file.
@@ -110,16 +62,32 @@ enum Command {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            // Help and version go to stdout with success; usage errors print one message.
+        // Help and version go to stdout with success.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return ExitCode::SUCCESS;
+        }
+        // A usage error is one line, as every other error (clap's own rendering takes three to
+        // five, with a usage block).
+        Err(e) => {
+            eprintln!("bnfold: {}", usage_error(&e));
+            return ExitCode::from(2);
         }
     };
+    // The kernel override is refused when it names no path, as `--kernel` is: a typo must not
+    // silently run another path than the one asked for.
+    if let Ok(v) = std::env::var(bnfold::kernels::KERNEL_ENV)
+        && !v.eq_ignore_ascii_case("auto")
+        && Isa::from_name(&v).is_none()
+    {
+        eprintln!(
+            "bnfold: {}={} names no kernel path (use auto, {})",
+            bnfold::kernels::KERNEL_ENV,
+            bnfold_cli::text::name(&v),
+            Isa::ALL.map(Isa::name).join(", ")
+        );
+        return ExitCode::from(2);
+    }
     if let Some(n) = cli.threads
         && let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(n as usize)
@@ -130,33 +98,8 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Inspect { file, json } => inspect::run(&file, json),
-        Command::Run {
-            file,
-            input,
-            output,
-            unfolded,
-            header,
-            argmax,
-        } => run(&file, &input, output.as_deref(), unfolded, header, argmax),
-        Command::Verify {
-            file,
-            input,
-            header,
-            batch,
-            seed,
-            scale,
-            tolerance,
-            kernel,
-        } => verify::run(&verify::VerifyArgs {
-            file,
-            input,
-            header,
-            batch: batch as usize,
-            seed,
-            scale,
-            tolerance,
-            kernel: kernel_choice(&kernel),
-        }),
+        Command::Run(args) => run::run(&args),
+        Command::Verify(args) => verify::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Train { what } => train::run(&what).map(|()| ExitCode::SUCCESS),
     };
@@ -170,10 +113,26 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("bnfold: {e}");
+            // Names from a weight file reach this message: escape what could forge a line or
+            // drive the terminal, and cap its length.
+            eprintln!("bnfold: {}", bnfold_cli::text::escape(&e.to_string(), 2000));
             ExitCode::FAILURE
         }
     }
+}
+
+/// A clap usage error as one line: its message and the lines that belong to it (the missing
+/// arguments, the accepted values), without the usage block, then where to look for help.
+fn usage_error(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let parts: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+        .collect();
+    let text = parts.join(" ");
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    format!("{}; see --help", bnfold_cli::text::escape(text, 500))
 }
 
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
@@ -191,58 +150,11 @@ fn kernel_choice(name: &str) -> KernelChoice {
     Isa::from_name(name).map_or(KernelChoice::Auto, KernelChoice::Force)
 }
 
-/// The rows of `m` (read from `path`) must have the model's input width.
-fn check_width(m: &Matrix, model: &Model, path: &Path) -> Result<(), String> {
-    if m.cols != model.input_features() {
-        return Err(format!(
-            "{}: rows have {} values, the model takes {} input features",
-            path.display(),
-            m.cols,
-            model.input_features()
-        ));
-    }
-    Ok(())
-}
-
-fn run(
-    file: &Path,
-    input: &Path,
-    output: Option<&Path>,
-    unfolded: bool,
-    header: bool,
-    argmax: bool,
-) -> CliResult {
-    let model = Model::load(file)?;
-    let x = read_matrix(input, header)?;
-    check_width(&x, &model, input)?;
-    let opts = if unfolded {
-        Options::unfolded()
-    } else {
-        Options::folded()
-    };
-    let plan = model.compile(&opts)?;
-    drop(model);
-    let mut session = plan.session();
-    let y = session.run(&x.data, x.rows)?;
-    if argmax {
-        let mut stdout = std::io::stdout().lock();
-        for row in y.chunks_exact(plan.output_features()) {
-            // A row with a NaN has no predicted class: print `nan`, never an index.
-            match bnfold::argmax(row) {
-                Some(best) => writeln!(stdout, "{best}")?,
-                None => writeln!(stdout, "nan")?,
-            }
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let out = Matrix {
-        rows: x.rows,
-        cols: plan.output_features(),
-        data: y.to_vec(),
-    };
-    match output {
-        Some(path) => write_npy(path, &out)?,
-        None => write_csv(&mut std::io::stdout().lock(), &out)?,
-    }
-    Ok(ExitCode::SUCCESS)
+/// Load a weight file; an error about its contents names the file.
+fn load_model(path: &Path) -> Result<Model, Box<dyn std::error::Error>> {
+    Model::load(path).map_err(|e| match e {
+        // The operating system's errors name the path already.
+        bnfold::Error::Io { .. } => e.into(),
+        e => format!("{}: {e}", path.display()).into(),
+    })
 }

@@ -112,7 +112,8 @@ fn inspect_lists_layers_tensors_metadata_and_checksum() {
     assert_eq!(v["layers"].as_array().unwrap().len(), 5);
     assert_eq!(v["layers"][1]["kind"], "Dense");
     assert_eq!(v["checksum"]["status"], "ok");
-    assert_eq!(v["metadata"]["producer"], "bnfold synth");
+    assert_eq!(v["metadata"][0]["key"], "producer");
+    assert_eq!(v["metadata"][0]["value"], "bnfold synth");
 }
 
 #[test]
