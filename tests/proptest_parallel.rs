@@ -1,0 +1,86 @@
+//! Whole networks large enough for the multi-threaded kernel paths (layers above
+//! `kernels::PARALLEL_MIN_MACS`), with random shapes, activations, storage types and BN
+//! placements: the plan gives the same bits in a 1-thread and a 2-thread pool (the parallel split
+//! changes which thread computes a tile, never the order of a sum), and both paths pass
+//! `bnfold::verify` against the f64 reference.
+//!
+//! The fuzz targets' inputs (8 KB) are too small to reach these paths; this test is what does.
+
+use bnfold::kernels::PARALLEL_MIN_MACS;
+use bnfold::synth::{Layer, Stats};
+use bnfold::{Activation, DType, Model, Options, VerifyOptions};
+use proptest::prelude::*;
+
+/// A network with at least one layer above the parallel threshold at `batch` rows.
+fn net() -> impl Strategy<Value = (usize, Vec<Layer>, usize, DType, u64)> {
+    let act = proptest::sample::select(
+        Activation::ALL
+            .into_iter()
+            .filter(|a| a.is_elementwise())
+            .collect::<Vec<_>>(),
+    );
+    (
+        33usize..400,
+        prop::collection::vec((65usize..700, act, any::<bool>(), any::<bool>()), 1..3),
+        1usize..40,
+        prop_oneof![Just(DType::F32), Just(DType::F16), Just(DType::BF16)],
+        any::<u64>(),
+        any::<bool>(),
+    )
+        .prop_filter_map(
+            "one layer must reach the parallel threshold",
+            |(input, hidden, batch, dtype, seed, input_bn)| {
+                let mut layers = Vec::new();
+                if input_bn {
+                    layers.push(Layer::Bn);
+                }
+                let mut width = input;
+                let mut biggest = 0;
+                for (out, act, bn, bias) in hidden {
+                    layers.push(if bias {
+                        Layer::Dense(out)
+                    } else {
+                        Layer::DenseNoBias(out)
+                    });
+                    if bn {
+                        layers.push(Layer::Bn);
+                    }
+                    layers.push(Layer::Act(act));
+                    biggest = biggest.max(width * out);
+                    width = out;
+                }
+                layers.push(Layer::Dense(7));
+                // Widen the batch until the biggest layer is above the threshold.
+                let batch = batch.max(PARALLEL_MIN_MACS.div_ceil(biggest));
+                (batch <= 256).then_some((input, layers, batch, dtype, seed))
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn parallel_plans_give_the_same_bits_and_pass_verify(
+        (input, layers, batch, dtype, seed) in net()
+    ) {
+        let bytes = bnfold::synth::network(input, &layers, seed, dtype, Stats::default()).unwrap();
+        let model = Model::from_bytes(&bytes).unwrap();
+        let x = bnfold::synth::input(batch, input, 2.0, seed);
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let two = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        for opts in [Options::folded(), Options::unfolded()] {
+            let plan = model.compile(&opts).unwrap();
+            let y1 = one.install(|| plan.session().run(&x, batch).unwrap().to_vec());
+            let y2 = two.install(|| plan.session().run(&x, batch).unwrap().to_vec());
+            prop_assert!(
+                y1.iter().zip(&y2).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{:?} {layers:?} batch {batch}: 1 and 2 threads differ", opts.mode
+            );
+        }
+        // The default tolerance (see src/verify.rs): these layers are at most 700 wide.
+        let report = two.install(|| bnfold::verify(&model, &x, batch, &VerifyOptions::default()))
+            .unwrap();
+        prop_assert!(report.passed(), "{layers:?} batch {batch}: worst {:e}", report.worst);
+    }
+}
