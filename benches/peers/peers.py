@@ -1,0 +1,378 @@
+#!/usr/bin/env python3
+"""bnfold against ONNX Runtime on the same seeded networks, in one run.
+
+For each network shape (the tutorial's 1 -> 7x(30, BN, act) -> 1, the 784 -> 3x(1024, BN, act) -> 10
+classifier shape and the 4096 -> 4x(4096, BN, act) -> 4096 memory-bound shape), with tanh and relu:
+
+1. draws seeded weights and non-trivial BN statistics with numpy;
+2. writes them as a bnfold weight file (this script's own writer, from docs/FORMAT.md alone), as
+   an ONNX graph with BatchNormalization nodes (what the PyTorch exporter produces: Gemm transB=1,
+   BatchNormalization, activation), and as a pre-folded ONNX graph (BN folded into the Gemm in f64);
+3. checks that bnfold (folded and unfolded, `bnfold run`), ONNX Runtime on both graphs and a numpy
+   f64 forward pass give the same outputs;
+4. times ONNX Runtime (ORT_ENABLE_ALL, intra-op threads 1 or 2) and `bnfold bench --json` (pool 1 or
+   2) alternately, configuration by configuration, so that drift of the machine hits both alike;
+5. measures the cost of one ORT call from Python on an Identity graph (the floor under every ORT
+   batch-1 figure) and the FMA peak / bandwidth the criterion probes report is left to
+   `cargo bench --bench kernels` (run it beside this for fractions of peak).
+
+Prints a Markdown table and writes JSON (`--json-out`). Run from the repository root with the
+pinned environment (benches/peers/requirements.txt):
+
+    python3 -m venv /tmp/peers && /tmp/peers/bin/pip install -r benches/peers/requirements.txt
+    cargo build --release
+    /tmp/peers/bin/python benches/peers/peers.py --json-out /tmp/peers.json
+
+`--quick` runs the small shapes only, at fewer batches.
+"""
+
+import argparse
+import json
+import os
+import platform
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+EPS = 1e-3
+
+# ---------------------------------------------------------------------------------------------
+# Networks
+
+
+def make_network(input_width, hidden, output, act, seed, input_bn):
+    """Seeded weights (He-style), biases and BN statistics, as f32 numpy arrays.
+
+    Returns a list of layers: ("bn", gamma, beta, mean, var), ("dense", W[out, in], b), ("act", name).
+    """
+    rng = np.random.default_rng(seed)
+    layers = []
+
+    def bn(n):
+        gamma = rng.uniform(0.5, 1.5, n).astype(np.float32)
+        beta = rng.uniform(-0.5, 0.5, n).astype(np.float32)
+        mean = rng.uniform(-1.0, 1.0, n).astype(np.float32)
+        var = rng.uniform(0.25, 4.0, n).astype(np.float32)
+        return ("bn", gamma, beta, mean, var)
+
+    def dense(n_in, n_out):
+        s = np.sqrt(2.0 / n_in)
+        w = rng.uniform(-s, s, (n_out, n_in)).astype(np.float32)
+        b = rng.uniform(-0.1, 0.1, n_out).astype(np.float32)
+        return ("dense", w, b)
+
+    if input_bn:
+        layers.append(bn(input_width))
+    width = input_width
+    for h in hidden:
+        layers.append(dense(width, h))
+        layers.append(bn(h))
+        layers.append(("act", act))
+        width = h
+    layers.append(dense(width, output))
+    return layers
+
+
+def forward_f64(layers, x):
+    y = x.astype(np.float64)
+    for layer in layers:
+        if layer[0] == "dense":
+            y = y @ layer[1].astype(np.float64).T + layer[2].astype(np.float64)
+        elif layer[0] == "bn":
+            g, b, m, v = (a.astype(np.float64) for a in layer[1:])
+            y = g * (y - m) / np.sqrt(v + np.float64(EPS)) + b
+        elif layer[1] == "relu":
+            y = np.where(y < 0, 0.0, y)
+        else:
+            y = np.tanh(y)
+    return y
+
+
+# ---------------------------------------------------------------------------------------------
+# bnfold weight file, written from docs/FORMAT.md
+
+
+def write_bnw(path, input_width, layers, metadata):
+    def s(text):
+        b = text.encode()
+        return struct.pack("<I", len(b)) + b
+
+    tensors = []  # (name, array f32)
+    table_layers = b""
+    for i, layer in enumerate(layers):
+        name = f"l{i}"
+        if layer[0] == "dense":
+            w, b = layer[1], layer[2]
+            wi, bi = len(tensors), len(tensors) + 1
+            tensors += [(f"{name}.weight", w), (f"{name}.bias", b)]
+            table_layers += s(name) + struct.pack("<BIIII", 1, w.shape[1], w.shape[0], wi, bi)
+        elif layer[0] == "bn":
+            g, b, m, v = layer[1:]
+            k = len(tensors)
+            tensors += [(f"{name}.gamma", g), (f"{name}.beta", b), (f"{name}.mean", m), (f"{name}.var", v)]
+            table_layers += s(name) + struct.pack("<BIdIIII", 2, len(g), EPS, k, k + 1, k + 2, k + 3)
+        else:
+            code = {"relu": 1, "tanh": 3}[layer[1]]
+            table_layers += s(name) + struct.pack("<BBf", 3, code, 0.0)
+
+    meta = struct.pack("<I", len(metadata)) + b"".join(s(k) + s(v) for k, v in metadata)
+    ttab = struct.pack("<I", len(tensors))
+    offset = 0
+    data = bytearray()
+    for name, arr in tensors:
+        raw = np.ascontiguousarray(arr, dtype="<f4").tobytes()
+        ttab += s(name) + struct.pack("<BB", 1, arr.ndim)
+        ttab += b"".join(struct.pack("<Q", d) for d in arr.shape)
+        ttab += struct.pack("<QQ", offset, len(raw))
+        data += raw
+        end = offset + len(raw)
+        offset = (end + 63) // 64 * 64
+        data += b"\0" * (offset - end)
+    # The last tensor ends the file: no padding after it.
+    data = bytes(data[:end]) if tensors else b""
+    table = meta + ttab + struct.pack("<II", input_width, len(layers)) + table_layers
+    data_offset = (64 + len(table) + 63) // 64 * 64
+    header = bytearray(64)
+    header[0:8] = b"\x89BNW\r\n\x1a\n"
+    struct.pack_into("<HHIQQQ", header, 8, 1, 0, 0, len(table), data_offset, len(data))
+    body = bytes(header) + table + b"\0" * (data_offset - 64 - len(table)) + data
+    crc = zlib.crc32(body) & 0xFFFFFFFF  # checksum field is zero here
+    body = body[:40] + struct.pack("<I", crc) + body[44:]
+    with open(path, "wb") as f:
+        f.write(body)
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX graphs
+
+
+def to_onnx(layers, input_width, path, fold):
+    nodes, inits = [], []
+    cur = "x"
+    pending = list(layers)
+    if fold:
+        pending = fold_layers(layers)
+    for i, layer in enumerate(pending):
+        out = f"h{i}"
+        if layer[0] == "dense":
+            inits += [numpy_helper.from_array(layer[1], f"w{i}"), numpy_helper.from_array(layer[2], f"b{i}")]
+            nodes.append(helper.make_node("Gemm", [cur, f"w{i}", f"b{i}"], [out], transB=1))
+        elif layer[0] == "bn":
+            names = [f"g{i}", f"be{i}", f"m{i}", f"v{i}"]
+            inits += [numpy_helper.from_array(a, n) for a, n in zip(layer[1:], names)]
+            nodes.append(helper.make_node("BatchNormalization", [cur] + names, [out], epsilon=EPS))
+        elif layer[0] == "affine":
+            inits += [numpy_helper.from_array(layer[1], f"s{i}"), numpy_helper.from_array(layer[2], f"t{i}")]
+            nodes.append(helper.make_node("Mul", [cur, f"s{i}"], [out + "m"]))
+            nodes.append(helper.make_node("Add", [out + "m", f"t{i}"], [out]))
+        else:
+            nodes.append(helper.make_node({"relu": "Relu", "tanh": "Tanh"}[layer[1]], [cur], [out]))
+        cur = out
+    nodes.append(helper.make_node("Identity", [cur], ["y"]))
+    out_width = [l for l in layers if l[0] == "dense"][-1][1].shape[0]
+    graph = helper.make_graph(
+        nodes,
+        "peers",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", input_width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", out_width])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def fold_layers(layers):
+    """BN folded into the neighbouring Gemm in f64 (backward after a dense layer, forward into the
+    first one for an input BN), rounded once to f32: what a pre-folding exporter gives ORT."""
+    out = []
+    pre = None
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        if layer[0] == "bn" and (i == 0 or layers[i - 1][0] != "dense"):
+            g, b, m, v = (a.astype(np.float64) for a in layer[1:])
+            s = g / np.sqrt(v + EPS)
+            pre = (s, b - m * s)
+            i += 1
+            continue
+        if layer[0] == "dense":
+            w, bias = layer[1].astype(np.float64), layer[2].astype(np.float64)
+            if pre is not None:
+                bias = bias + w @ pre[1]
+                w = w * pre[0][None, :]
+                pre = None
+            if i + 1 < len(layers) and layers[i + 1][0] == "bn":
+                g, b, m, v = (a.astype(np.float64) for a in layers[i + 1][1:])
+                s = g / np.sqrt(v + EPS)
+                w = w * s[:, None]
+                bias = bias * s + (b - m * s)
+                i += 1
+            out.append(("dense", w.astype(np.float32), bias.astype(np.float32)))
+        else:
+            out.append(layer)
+        i += 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+
+def ort_session(path, threads):
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def time_ort(sess, x, min_time):
+    for _ in range(3):
+        sess.run(None, {"x": x})
+    times = []
+    start = time.perf_counter()
+    while len(times) < 10 or (time.perf_counter() - start < min_time and len(times) < 100000):
+        t = time.perf_counter()
+        sess.run(None, {"x": x})
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)) * 1e6, float(np.percentile(times, 99)) * 1e6
+
+
+def time_bnfold(bnfold, path, batch, threads, min_time):
+    out = subprocess.run(
+        [bnfold, "bench", path, "--batch", str(batch), "--pool", str(threads), "--json",
+         "--time-ms", str(int(min_time * 1000)), "--max-memory-mib", "8192"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    rows = json.loads(out)
+    return {r["mode"]: (r["p50_us"], r["p99_us"], r["kernel"]) for r in rows}
+
+
+def identity_floor(tmp):
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "id",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+    )
+    path = os.path.join(tmp, "identity.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return time_ort(ort_session(path, 1), np.zeros((1, 1), np.float32), 0.5)[0]
+
+
+def machine():
+    info = {"platform": platform.platform(), "python": sys.version.split()[0],
+            "onnxruntime": ort.__version__, "numpy": np.__version__}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        info["cpu"] = next(l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name"))
+        flags = next(l for l in text.splitlines() if l.startswith("flags"))
+        info["avx512f"] = " avx512f" in flags
+        info["avx2"] = " avx2" in flags
+    except (OSError, StopIteration):
+        pass
+    info["loadavg"] = os.getloadavg()
+    return info
+
+
+SHAPES = {
+    "tutorial": (1, [30] * 7, 1, True, [1, 8, 64, 256, 1024]),
+    "mnist": (784, [1024] * 3, 10, False, [1, 8, 64, 256, 1024]),
+    "wide": (4096, [4096] * 4, 4096, False, [1, 8, 64, 256]),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bnfold", default="target/release/bnfold")
+    ap.add_argument("--json-out")
+    ap.add_argument("--quick", action="store_true", help="small shapes, batches 1, 64 and 1024")
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--min-time", type=float, default=0.5, help="seconds per configuration and runtime")
+    args = ap.parse_args()
+    threads = [int(t) for t in args.threads.split(",")]
+    shapes = args.shapes.split(",")
+    if args.quick:
+        shapes = [s for s in shapes if s != "wide"]
+
+    results = {"machine": machine(), "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        results["ort_call_floor_us"] = identity_floor(tmp)
+        for shape in shapes:
+            n_in, hidden, n_out, input_bn, batches = SHAPES[shape]
+            if args.quick:
+                batches = [b for b in batches if b in (1, 64, 1024)]
+            for act in ("tanh", "relu"):
+                layers = make_network(n_in, hidden, n_out, act, seed=7, input_bn=input_bn)
+                name = f"{shape}-{act}"
+                bnw = os.path.join(tmp, name + ".bnw")
+                write_bnw(bnw, n_in, layers, [("producer", "benches/peers/peers.py"), ("seed", "7")])
+                bn_onnx, folded_onnx = (os.path.join(tmp, name + s) for s in (".bn.onnx", ".folded.onnx"))
+                to_onnx(layers, n_in, bn_onnx, fold=False)
+                to_onnx(layers, n_in, folded_onnx, fold=True)
+
+                # Same outputs everywhere (normwise relative to the f64 forward pass).
+                x = np.random.default_rng(1).uniform(-2, 2, (16, n_in)).astype(np.float32)
+                want = forward_f64(layers, x)
+                scale = np.abs(want).max()
+                xs = os.path.join(tmp, "x.npy")
+                np.save(xs, x)
+                errs = {}
+                for mode in ("folded", "unfolded"):
+                    ys = os.path.join(tmp, f"y-{mode}.npy")
+                    cmd = [args.bnfold, "run", bnw, "-i", xs, "-o", ys] + (["--unfolded"] if mode == "unfolded" else [])
+                    subprocess.run(cmd, check=True)
+                    errs["bnfold_" + mode] = float(np.abs(np.load(ys) - want).max() / scale)
+                for label, path in (("ort_bn", bn_onnx), ("ort_folded", folded_onnx)):
+                    y = ort_session(path, 1).run(None, {"x": x})[0]
+                    errs[label] = float(np.abs(y - want).max() / scale)
+                worst = max(errs.values())
+                print(f"{name}: normwise error vs f64 {errs}", file=sys.stderr)
+                if worst > 1e-4:
+                    sys.exit(f"{name}: outputs disagree (worst normwise {worst:e})")
+
+                for t in threads:
+                    sess_bn, sess_f = ort_session(bn_onnx, t), ort_session(folded_onnx, t)
+                    for batch in batches:
+                        xb = np.random.default_rng(batch).uniform(-1, 1, (batch, n_in)).astype(np.float32)
+                        # Alternate: ORT, bnfold, ORT pre-folded.
+                        ob = time_ort(sess_bn, xb, args.min_time)
+                        bf = time_bnfold(args.bnfold, bnw, batch, t, args.min_time)
+                        of = time_ort(sess_f, xb, args.min_time)
+                        flops = 2 * batch * sum(l[1].size for l in layers if l[0] == "dense")
+                        run = {
+                            "network": name, "batch": batch, "threads": t, "flop": flops,
+                            "ort_bn_us": ob[0], "ort_folded_us": of[0],
+                            "bnfold_folded_us": bf["folded"][0], "bnfold_unfolded_us": bf["unfolded"][0],
+                            "bnfold_kernel": bf["folded"][2],
+                        }
+                        run["vs_best_ort"] = min(ob[0], of[0]) / run["bnfold_folded_us"]
+                        results["runs"].append(run)
+                        print(json.dumps(run), file=sys.stderr)
+
+    print(f"\nMachine: {results['machine']}")
+    print(f"ORT call floor from Python (Identity graph, batch 1): {results['ort_call_floor_us']:.1f} us\n")
+    print("| network | batch | threads | bnfold folded | bnfold unfolded | ORT (BN graph) | ORT (pre-folded) | bnfold vs best ORT | bnfold GFLOP/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results["runs"]:
+        print(f"| {r['network']} | {r['batch']} | {r['threads']} | {r['bnfold_folded_us']:.1f} us | "
+              f"{r['bnfold_unfolded_us']:.1f} us | {r['ort_bn_us']:.1f} us | {r['ort_folded_us']:.1f} us | "
+              f"{r['vs_best_ort']:.2f}x | {r['flop'] / r['bnfold_folded_us'] / 1e3:.1f} |")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
