@@ -402,6 +402,8 @@ pub(crate) struct Family {
     pub(crate) small: [(usize, usize, TileFn, TileFn); SMALL_BATCH + 1],
     /// Blocked path: `NR`, `MV`, the `MV`-vector entry and the one-vector entry.
     pub(crate) big: (usize, usize, TileFn, TileFn),
+    /// Narrow layers in row layout (`gemv.rs`).
+    pub(crate) rows: super::gemv::RowFn,
 }
 
 impl Family {
@@ -412,9 +414,9 @@ impl Family {
 }
 
 /// The tile table of an 8-lane, 16-register ISA (AVX2 and portable share shapes), over its entry
-/// point `$f::<MV, NR, PACKED>`.
+/// point `$f::<MV, NR, PACKED>` and its row-kernel entry `$rows`.
 macro_rules! family8 {
-    ($f:ident) => {
+    ($f:ident, $rows:ident) => {
         $crate::kernels::gemm::Family {
             lanes: 8,
             // rows 1: 8 accumulators (two FMA pipes x 4 cycles latency); 2: 4x2; 3-4: 2x4;
@@ -431,6 +433,7 @@ macro_rules! family8 {
                 (6, 2, $f::<2, 6, false>, $f::<1, 6, false>),
             ],
             big: (6, 2, $f::<2, 6, true>, $f::<1, 6, true>),
+            rows: $rows,
         }
     };
 }

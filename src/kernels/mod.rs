@@ -17,6 +17,7 @@
 pub mod activation;
 mod arch;
 mod gemm;
+mod gemv;
 mod isa;
 mod simd;
 
@@ -143,12 +144,26 @@ pub fn apply_epilogue(ops: &[EpilogueOp], v: &mut [f32], col0: usize) {
 pub const PARALLEL_MIN_MACS: usize = 1 << 19;
 
 /// A dense layer's weights and bias, packed for the kernel of one instruction set.
+///
+/// Memory: the packed form holds at most twice the f32 weights and bias, plus 128 bytes per panel
+/// of `LANES` output features (each panel rounded to a cache line, and a one-line gap between
+/// panels) and 64 bytes of alignment: layers with fewer outputs than half a vector keep their row
+/// layout (`gemv.rs`, exactly the f32 size), every other layer fills its panels at least half.
 #[derive(Debug, Clone)]
 pub struct DenseKernel {
     inputs: usize,
     outputs: usize,
     isa: Isa,
-    packed: Packed,
+    weights: Weights,
+}
+
+/// The two layouts of a dense layer's weights.
+#[derive(Debug, Clone)]
+enum Weights {
+    /// Output features along the vector lanes (`gemm.rs`).
+    Panels(Packed),
+    /// Narrow layers: the stored `[n, k]` rows (`gemv.rs`).
+    Rows(gemv::Rows),
 }
 
 impl DenseKernel {
@@ -178,11 +193,16 @@ impl DenseKernel {
         assert_eq!(bias.len(), outputs, "bias length");
         let isa = choice.resolve();
         let lanes = Family::of(isa).lanes;
+        let weights = if gemv::narrow(outputs, lanes) {
+            Weights::Rows(gemv::Rows::new(weight, bias, outputs, inputs))
+        } else {
+            Weights::Panels(Packed::new(weight, bias, outputs, inputs, lanes))
+        };
         DenseKernel {
             inputs,
             outputs,
             isa,
-            packed: Packed::new(weight, bias, outputs, inputs, lanes),
+            weights,
         }
     }
 
@@ -203,7 +223,10 @@ impl DenseKernel {
 
     /// Bytes of (packed, padded) weights and bias held.
     pub fn weight_bytes(&self) -> usize {
-        self.packed.bytes()
+        match &self.weights {
+            Weights::Panels(p) => p.bytes(),
+            Weights::Rows(r) => r.bytes(),
+        }
     }
 
     /// `y = epilogue(x W^T + b)` for `batch` rows; `x` is `[batch, inputs]`, `y` is
@@ -247,18 +270,22 @@ impl DenseKernel {
         if batch == 0 || n == 0 {
             return;
         }
+        let fam = Family::of(self.isa);
+        let packed = match &self.weights {
+            Weights::Panels(p) => p,
+            Weights::Rows(r) => return self.forward_rows(fam, r, x, batch, y, epilogue),
+        };
         if k == 0 {
-            gemm::bias_only(&self.packed, batch, y, epilogue);
+            gemm::bias_only(packed, batch, y, epilogue);
             return;
         }
-        let fam = Family::of(self.isa);
         let out = OutPtr(y.as_mut_ptr());
-        let panels = self.packed.panels;
+        let panels = packed.panels;
         let whole = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
             // SAFETY: `self.isa` was resolved to a supported path at construction; `x` and `y`
             // have the checked lengths; the rectangle `rows x cols` is inside `y` and, in the
             // parallel cases below, disjoint from every other task's rectangle.
-            unsafe { gemm::run_block(unpacked, fam, &self.packed, x, rows, cols, out, epilogue) }
+            unsafe { gemm::run_block(unpacked, fam, packed, x, rows, cols, out, epilogue) }
         };
         // Checked before asking rayon anything: a small layer never touches (or starts) a pool.
         let macs = batch.saturating_mul(k).saturating_mul(n);
@@ -289,6 +316,47 @@ impl DenseKernel {
                 whole(t * step..((t + 1) * step).min(batch), 0..panels);
             });
         }
+    }
+
+    /// The row layout: rows of the batch split across the pool when the layer is large, each
+    /// task writing its own rows, then the epilogue on the rows it wrote.
+    fn forward_rows(
+        &self,
+        fam: &gemm::Family,
+        w: &gemv::Rows,
+        x: &[f32],
+        batch: usize,
+        y: &mut [f32],
+        epilogue: &[EpilogueOp],
+    ) {
+        let n = self.outputs;
+        let run = |rows: std::ops::Range<usize>, y: &mut [f32]| {
+            let t = gemv::RowArgs {
+                w,
+                x: x.as_ptr(),
+                y: y.as_mut_ptr(),
+                rows: rows.clone(),
+            };
+            // SAFETY: `self.isa` was resolved to a supported path at construction; `x` holds
+            // `batch * k` values (checked by the caller) and the rows are below `batch`; `y` is
+            // exactly rows `rows` of the output, borrowed mutably by this task alone.
+            unsafe { (fam.rows)(&t) };
+            gemv::epilogue(y, n, epilogue);
+        };
+        let macs = batch.saturating_mul(self.inputs).saturating_mul(n);
+        let threads = if macs < PARALLEL_MIN_MACS {
+            1
+        } else {
+            rayon::current_num_threads()
+        };
+        if threads <= 1 || batch < 2 {
+            run(0..batch, y);
+            return;
+        }
+        let step = batch.div_ceil(threads);
+        y.par_chunks_mut(step * n)
+            .enumerate()
+            .for_each(|(t, chunk)| run(t * step..(t * step + chunk.len() / n), chunk));
     }
 }
 

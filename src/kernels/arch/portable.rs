@@ -3,6 +3,7 @@
 //! when no runtime-detected path is supported.
 
 use crate::kernels::gemm::{Family, TileArgs, micro};
+use crate::kernels::gemv::RowArgs;
 use crate::kernels::simd::{Simd, partial_to_array};
 
 /// The portable vector: `wide::f32x8`, whose instructions are chosen at compile time.
@@ -88,5 +89,14 @@ unsafe fn tile<const MV: usize, const NR: usize, const P: bool>(t: &TileArgs<'_>
     unsafe { micro::<Portable, MV, NR, P>(t) }
 }
 
+/// Portable row kernel for narrow layers.
+///
+/// # Safety
+/// As [`RowFn`](crate::kernels::gemv::RowFn); the CPU supports the ISA.
+unsafe fn rows(t: &RowArgs<'_>) {
+    // SAFETY: forwarded contract.
+    unsafe { crate::kernels::gemv::rows::<Portable>(t) }
+}
+
 /// The portable tile shapes.
-pub(crate) static FAMILY: Family = crate::kernels::gemm::family8!(tile);
+pub(crate) static FAMILY: Family = crate::kernels::gemm::family8!(tile, rows);

@@ -9,6 +9,7 @@
 use std::arch::x86_64::*;
 
 use crate::kernels::gemm::{Family, TileArgs, micro};
+use crate::kernels::gemv::RowArgs;
 use crate::kernels::simd::{Simd, partial_to_array};
 
 /// Whether this CPU can run the path.
@@ -111,5 +112,15 @@ unsafe fn tile<const MV: usize, const NR: usize, const P: bool>(t: &TileArgs<'_>
     unsafe { micro::<Avx2, MV, NR, P>(t) }
 }
 
+/// AVX2 + FMA row kernel for narrow layers.
+///
+/// # Safety
+/// As [`RowFn`](crate::kernels::gemv::RowFn); the CPU supports the ISA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows(t: &RowArgs<'_>) {
+    // SAFETY: forwarded contract.
+    unsafe { crate::kernels::gemv::rows::<Avx2>(t) }
+}
+
 /// The AVX2 tile shapes.
-pub(crate) static FAMILY: Family = crate::kernels::gemm::family8!(tile);
+pub(crate) static FAMILY: Family = crate::kernels::gemm::family8!(tile, rows);

@@ -10,6 +10,7 @@
 use std::arch::x86_64::*;
 
 use crate::kernels::gemm::{Family, TileArgs, micro};
+use crate::kernels::gemv::RowArgs;
 use crate::kernels::simd::Simd;
 
 /// Whether this CPU can run the path.
@@ -103,6 +104,16 @@ unsafe fn tile<const MV: usize, const NR: usize, const P: bool>(t: &TileArgs<'_>
     unsafe { micro::<Avx512, MV, NR, P>(t) }
 }
 
+/// AVX-512 row kernel for narrow layers.
+///
+/// # Safety
+/// As [`RowFn`](crate::kernels::gemv::RowFn); the CPU supports the ISA.
+#[target_feature(enable = "avx512f")]
+unsafe fn rows(t: &RowArgs<'_>) {
+    // SAFETY: forwarded contract.
+    unsafe { crate::kernels::gemv::rows::<Avx512>(t) }
+}
+
 /// The AVX-512 tile shapes.
 pub(crate) static FAMILY: Family = Family {
     lanes: 16,
@@ -122,4 +133,5 @@ pub(crate) static FAMILY: Family = Family {
     // 4 x 6: 24 accumulators, 4 weight vectors and a broadcast in 29 registers;
     // 10 loads per 24 FMAs.
     big: (6, 4, tile::<4, 6, true>, tile::<1, 6, true>),
+    rows,
 };
