@@ -39,10 +39,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (width, classes) = (plan.input_features(), plan.output_features());
 
     // Requests are read from CSV here; a service would take them from its network layer.
-    let text = std::fs::read_to_string(&rows_path)
-        .map_err(|e| format!("{}: {e}", rows_path.display()))?;
+    let text =
+        std::fs::read_to_string(&rows_path).map_err(|e| format!("{}: {e}", rows_path.display()))?;
     let mut rows = Vec::new();
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let values: Vec<f32> = line
             .split(',')
             .map(|v| v.trim().parse::<f32>())
