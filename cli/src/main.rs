@@ -14,6 +14,7 @@ macro_rules! outln {
 }
 
 mod bench;
+mod convert;
 mod inspect;
 mod train;
 mod verify;
@@ -98,6 +99,22 @@ enum Command {
         #[arg(long, default_value = "auto", value_parser = kernel_names())]
         kernel: String,
     },
+    /// Convert a PyTorch or Keras model (ONNX, or a safetensors state_dict with --arch) to a
+    /// weight file.
+    Convert {
+        /// The model: .onnx (external data beside it), or .safetensors.
+        input: PathBuf,
+        /// The weight file to write (.bnw); written only if the whole conversion succeeds.
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Architecture of a safetensors state_dict, the nn.Sequential's modules in order:
+        /// e.g. linear,bn,relu,linear,bn:0.001,tanh,linear (see docs/IMPORT.md).
+        #[arg(long)]
+        arch: Option<String>,
+        /// Store every tensor as f32, f16 or bf16 (default: as in the source).
+        #[arg(long, value_parser = convert::parse_dtype)]
+        dtype: Option<bnfold::DType>,
+    },
     /// Measure latency (p50, p99) and throughput, folded and unfolded.
     Bench(bench::BenchArgs),
     /// Train a network with Batch Normalization and write it as a weight file.
@@ -157,6 +174,12 @@ fn main() -> ExitCode {
             tolerance,
             kernel: kernel_choice(&kernel),
         }),
+        Command::Convert {
+            input,
+            output,
+            arch,
+            dtype,
+        } => convert::run(&input, &output, arch.as_deref(), dtype),
         Command::Bench(args) => bench::run(&args),
         Command::Train { what } => train::run(&what).map(|()| ExitCode::SUCCESS),
     };

@@ -169,13 +169,16 @@ pub enum ImportError {
         /// What does not match, naming the tensor.
         reason: String,
     },
-    /// A tensor of the state_dict that no `--arch` item uses.
+    /// Tensors of the state_dict that no `--arch` item uses (all of them, sorted).
     #[error(
-        "safetensors tensor '{tensor}' belongs to no layer of --arch (a layer missing from --arch, or a different module naming?)"
+        "safetensors tensor(s) {} belong to no layer of --arch (its {items} items cover indices 0..{items}: a module missing from --arch, or another naming?)",
+        tensors.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ")
     )]
     UnusedTensor {
-        /// Tensor name.
-        tensor: String,
+        /// Tensor names.
+        tensors: Vec<String>,
+        /// How many items `--arch` has.
+        items: usize,
     },
     /// The input is neither ONNX nor safetensors.
     #[error("{}: {reason}", path.display())]

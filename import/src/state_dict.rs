@@ -266,9 +266,10 @@ pub fn import(bytes: &[u8], arch: &str, source_name: &str) -> Result<Network> {
             }
         }
     }
-    if let Some(t) = unused.iter().next() {
+    if !unused.is_empty() {
         return Err(ImportError::UnusedTensor {
-            tensor: (*t).to_owned(),
+            tensors: unused.iter().map(|t| (*t).to_owned()).collect(),
+            items: items.len(),
         });
     }
     let input_features = input_width.ok_or(ImportError::ArchUsage(

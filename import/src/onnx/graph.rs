@@ -491,7 +491,9 @@ impl<'g> Graph<'g> {
             match self.match_node(i, &mut cur) {
                 Ok(found) => {
                     for (spec, last) in found {
-                        let name = self.layer_name(&node_name(&self.nodes[last], last));
+                        // Named after the node that starts the pattern (the MatMul of MatMul +
+                        // Add, the Mul of tf2onnx's BN Mul + Add).
+                        let name = self.layer_name(&node_name(&self.nodes[i], i));
                         if input_width.get().is_none() && layers.is_empty() {
                             input_width.set(input_width_of(&spec));
                         }
