@@ -200,3 +200,67 @@ fn batch_norm_stays_batch_norm_with_its_eps() {
         }
     }
 }
+
+/// An f16 model keeps f16 storage bit for bit unless a dtype is asked for; the metadata records
+/// the source.
+#[test]
+fn dtypes_are_kept_unless_asked_and_metadata_records_the_source() {
+    for name in ["torch_f16.onnx", "torch_f16_cast.onnx"] {
+        let path = dir().join(name);
+        let mut net = import_file(&path, &ConvertOptions::default()).unwrap();
+        assert_eq!(net.dtypes(), vec![bnfold::DType::F16], "{name}");
+        let mut f32_net = import_file(
+            &path,
+            &ConvertOptions {
+                arch: None,
+                dtype: Some(bnfold::DType::F32),
+            },
+        )
+        .unwrap();
+        assert_eq!(f32_net.dtypes(), vec![bnfold::DType::F32], "{name}");
+        // Widening is exact: the same values.
+        let a = Model::from_bytes(&net.to_bytes().unwrap()).unwrap();
+        let b = Model::from_bytes(&f32_net.to_bytes().unwrap()).unwrap();
+        for i in 0..a.tensors().len() {
+            assert_eq!(
+                a.tensor_data(i).unwrap().to_f32_vec(),
+                b.tensor_data(i).unwrap().to_f32_vec()
+            );
+        }
+        assert_eq!(b.metadata_value("converted_dtype"), Some("f32"));
+    }
+    let net = import_file(&dir().join("torch_f16.onnx"), &ConvertOptions::default()).unwrap();
+    assert_eq!(net.metadata_value("source_input_dtype"), Some("FLOAT16"));
+    let net = import_file(
+        &dir().join("torch_input_bn.onnx"),
+        &ConvertOptions::default(),
+    )
+    .unwrap();
+    for (k, v) in [
+        ("source_file", "torch_input_bn.onnx"),
+        ("source_format", "onnx"),
+        ("source_producer", "pytorch 2.15.0"),
+        ("source_framework", "pytorch"),
+        ("onnx_opset", "17"),
+        ("bn_eps", "1e-5"),
+        ("bn_variance", "unbiased"),
+        ("bn_form", "batchnorm"),
+    ] {
+        assert_eq!(net.metadata_value(k), Some(v), "{k}");
+    }
+    assert_eq!(
+        net.metadata_value("bn_eps_per_layer"),
+        Some("/0/BatchNormalization=1e-5,/2/BatchNormalization=1e-5,/5/BatchNormalization=1e-5")
+    );
+    // bf16 storage of an f32 model: a coarser model, still a valid one.
+    let mut net = import_file(
+        &dir().join("keras_tf2onnx.onnx"),
+        &ConvertOptions {
+            arch: None,
+            dtype: Some(bnfold::DType::BF16),
+        },
+    )
+    .unwrap();
+    assert_eq!(net.dtypes(), vec![bnfold::DType::BF16]);
+    Model::from_bytes(&net.to_bytes().unwrap()).unwrap();
+}

@@ -35,7 +35,14 @@ pub fn import(bytes: &[u8], base: ExternalBase, source_name: &str) -> Result<Net
         .iter()
         .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
         .map(|o| o.version);
-    let mut g = Graph::new(graph, opset.unwrap_or(1), base)?;
+    // The checker requires it (IR version 3 on), and the meaning of several ops' defaults
+    // (Softmax's axis) depends on it: no guessing.
+    let Some(opset) = opset else {
+        return Err(ImportError::Graph(
+            "the model imports no version of the default operator set (opset_import)".into(),
+        ));
+    };
+    let mut g = Graph::new(graph, opset, base)?;
     let (input_features, layers, input_dtype) = g.walk()?;
 
     let mut metadata: Vec<(String, String)> = vec![
@@ -65,9 +72,7 @@ pub fn import(bytes: &[u8], base: ExternalBase, source_name: &str) -> Result<Net
     if let Some(f) = framework {
         metadata.push(("source_framework".into(), f.into()));
     }
-    if let Some(v) = opset {
-        metadata.push(("onnx_opset".into(), v.to_string()));
-    }
+    metadata.push(("onnx_opset".into(), opset.to_string()));
     metadata.push(("onnx_ir_version".into(), model.ir_version.to_string()));
     if input_dtype != data_type::FLOAT {
         metadata.push(("source_input_dtype".into(), data_type::name(input_dtype)));
@@ -577,13 +582,16 @@ impl<'g> Graph<'g> {
 
     /// A float constant input `k`, or why not.
     fn float_input(&self, n: &NodeProto, k: usize, role: &str) -> Result<&Tensor, String> {
+        let name = n.input.get(k).map_or("", String::as_str);
         match self.const_input(n, k) {
             Some(Const::Float(t)) => Ok(t),
-            Some(Const::Int { .. }) => Err(format!("{role} is an integer constant")),
-            Some(Const::Other { data_type: d, .. }) => {
-                Err(format!("{role} has element type {}", data_type::name(*d)))
-            }
-            None => Err(format!("{role} is not a constant")),
+            Some(Const::Int { .. }) => Err(format!("{role} ('{name}') is an integer constant")),
+            Some(Const::Other { data_type: d, .. }) => Err(format!(
+                "{role} ('{name}') has element type {}",
+                data_type::name(*d)
+            )),
+            None if name.is_empty() => Err(format!("{role} is missing")),
+            None => Err(format!("{role} ('{name}') is not a constant")),
         }
     }
 
@@ -729,10 +737,12 @@ impl<'g> Graph<'g> {
         let spec = spec?;
         self.done[i] = true;
         if let Some(spec) = spec {
+            // A dense layer's output is [batch, outputs] whatever came before it; the other
+            // layers keep the shape they are given.
             if let LayerSpec::Dense { weight, .. } = &spec {
                 cur.width = Some(weight.dims[0]);
+                cur.rank2 = true;
             }
-            cur.rank2 = true;
             layers.push((spec, last));
         }
         cur.value = self.nodes[last].output.first().cloned().unwrap_or_default();
