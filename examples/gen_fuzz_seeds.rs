@@ -217,6 +217,20 @@ fn seeds() -> Result<Vec<(String, Vec<u8>)>> {
     w.activation("relu", Activation::Relu)?;
     push("invalid_softmax_not_last", &w)?;
 
+    // Format 1.1: affine layers (scale and shift, scale only, shift only) around a dense layer and
+    // beside a BN, so the 1.1 reader path and the BN/affine composition are reached from the seeds.
+    let mut w = Writer::new(3);
+    let (s, t) = (vals(&mut r, 3, 0.5, 1.0), vals(&mut r, 3, 0.2, 0.0));
+    w.add_affine("in_affine", DType::F32, 3, Some(&s), Some(&t))?;
+    dense(&mut w, &mut r, "fc", DType::F32, 3, 4, true)?;
+    bn(&mut w, &mut r, "bn", DType::F32, 4, 1e-3, true)?;
+    let s = vals(&mut r, 4, 0.5, 1.0);
+    w.add_affine("scale_only", DType::F16, 4, Some(&s), None)?;
+    w.activation("relu", Activation::Relu)?;
+    let t = vals(&mut r, 4, 0.2, 0.0);
+    w.add_affine("shift_only", DType::BF16, 4, None, Some(&t))?;
+    push("affine_v1_1", &w)?;
+
     Ok(out)
 }
 

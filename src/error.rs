@@ -307,13 +307,34 @@ pub enum FormatError {
         /// The name.
         tensor: String,
     },
-    /// Unknown layer kind code.
-    #[error("layer {index}: unknown layer kind code {code}")]
+    /// Unknown layer kind code: a corrupt file, or one from a newer version of the format.
+    #[error(
+        "layer {index}: unknown layer kind code {code} (this reader knows format 1.0 to 1.{known}; the file says 1.{minor}: it may be from a newer version of bnfold, upgrade to read it)",
+        known = crate::format::VERSION_MINOR
+    )]
     UnknownLayerKind {
         /// Layer index.
         index: usize,
         /// The code.
         code: u8,
+        /// The file's minor version.
+        minor: u16,
+    },
+    /// A layer kind that the file's own minor version does not define (kind 4 in a file stamped 1.0).
+    #[error(
+        "layer {index}: layer kind {code} ({kind}) needs format version 1.{needs_minor}, but the file says 1.{minor}"
+    )]
+    KindNeedsNewerMinor {
+        /// Layer index.
+        index: usize,
+        /// The code.
+        code: u8,
+        /// The kind's name.
+        kind: &'static str,
+        /// Minor version that introduced the kind.
+        needs_minor: u16,
+        /// The file's minor version.
+        minor: u16,
     },
     /// Unknown activation code.
     #[error("layer {index}: unknown activation code {code}")]

@@ -165,6 +165,29 @@ impl BatchNormView<'_> {
     }
 }
 
+/// An affine layer (format 1.1) with its tensors resolved.
+#[derive(Debug, Clone, Copy)]
+pub struct AffineView<'a> {
+    /// Features transformed.
+    pub features: usize,
+    /// Per-feature scale, if present.
+    pub scale: Option<TensorData<'a>>,
+    /// Per-feature shift, if present.
+    pub shift: Option<TensorData<'a>>,
+}
+
+impl AffineView<'_> {
+    /// scale of feature `j` in f64 (1 when absent).
+    pub fn scale_f64(&self, j: usize) -> f64 {
+        self.scale.map_or(1.0, |s| s.get_f64(j))
+    }
+
+    /// shift of feature `j` in f64 (0 when absent).
+    pub fn shift_f64(&self, j: usize) -> f64 {
+        self.shift.map_or(0.0, |t| t.get_f64(j))
+    }
+}
+
 /// A layer with its tensors resolved, as returned by [`Model::layer_view`].
 #[derive(Debug, Clone, Copy)]
 pub enum LayerView<'a> {
@@ -174,6 +197,8 @@ pub enum LayerView<'a> {
     BatchNorm(BatchNormView<'a>),
     /// An activation.
     Activation(Activation),
+    /// A per-feature affine map.
+    Affine(AffineView<'a>),
 }
 
 impl Model {
@@ -351,6 +376,15 @@ impl Model {
                 moving_variance: self.tensor_data(moving_variance)?,
             }),
             LayerKind::Activation(a) => LayerView::Activation(a),
+            LayerKind::Affine {
+                features,
+                scale,
+                shift,
+            } => LayerView::Affine(AffineView {
+                features,
+                scale: opt(scale)?,
+                shift: opt(shift)?,
+            }),
         })
     }
 
@@ -484,6 +518,19 @@ impl Model {
                             ));
                         }
                     }
+                }
+                LayerKind::Affine { features, .. } => {
+                    check_width(index, "features", features)?;
+                    if features != width {
+                        return Err(self.layer_err(
+                            index,
+                            LayerError::WidthMismatch {
+                                expected: features,
+                                found: width,
+                            },
+                        ));
+                    }
+                    check_tensors()?;
                 }
                 LayerKind::Activation(a) => {
                     if let Activation::LeakyRelu { alpha } = a

@@ -74,6 +74,14 @@ pub fn forward_layer(model: &Model, index: usize, x: Vec<f64>, batch: usize) -> 
             }
             y
         }
+        LayerView::Affine(af) => {
+            let mut y = x;
+            for (n, v) in y.iter_mut().enumerate() {
+                let j = n % af.features;
+                *v = af.scale_f64(j) * *v + af.shift_f64(j);
+            }
+            y
+        }
         LayerView::Activation(Activation::Softmax) => {
             let mut y = x;
             for row in y.chunks_exact_mut(width) {

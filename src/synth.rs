@@ -68,6 +68,9 @@ pub enum Layer {
     BnBare,
     /// An activation.
     Act(Activation),
+    /// An affine layer (format 1.1) with scale in `[-1.5, 1.5)` and shift in `[-0.5, 0.5)`, each
+    /// present if its flag says so: `Affine(scale, shift)`.
+    Affine(bool, bool),
 }
 
 /// How the BN statistics of a synthetic network are drawn.
@@ -148,6 +151,17 @@ pub fn network(
             }
             Layer::Act(a) => {
                 w.activation(&name, a)?;
+            }
+            Layer::Affine(has_scale, has_shift) => {
+                let scale = rng.uniform_vec(width, -1.5, 1.5);
+                let shift = rng.uniform_vec(width, -0.5, 0.5);
+                w.add_affine(
+                    &name,
+                    dtype,
+                    width,
+                    has_scale.then_some(&scale[..]),
+                    has_shift.then_some(&shift[..]),
+                )?;
             }
         }
     }

@@ -484,3 +484,67 @@ fn verify_passes_a_deep_gelu_network_whose_reference_underflows_f32() {
         "the case must take the reference far below f32's range"
     );
 }
+
+#[test]
+fn affine_layers_fold_like_bn_and_run_as_their_own_step_unfolded() {
+    const A: L = L::Affine(true, true);
+    // Dense -> affine (backward fold), affine on the input (forward fold), act -> affine -> dense
+    // (forward fold), BN and affine runs composed, and each of scale / shift alone.
+    let steps = check(
+        7,
+        &[A, L::Dense(6), A, RELU, L::Affine(true, false), L::Dense(5)],
+        41,
+        DType::F32,
+        Stats::default(),
+    );
+    assert_eq!(
+        steps, 2,
+        "dense with both affines folded and relu in its epilogue, dense with the forward affine"
+    );
+    let steps = check(
+        6,
+        &[L::Dense(6), L::Bn, A, L::Affine(false, true), L::Bn, RELU],
+        42,
+        DType::F32,
+        Stats::default(),
+    );
+    assert_eq!(
+        steps, 1,
+        "one composed run folds backward, relu in the epilogue"
+    );
+    // No dense neighbour: a per-feature step; unfolded, every affine layer is its own step.
+    let steps = check(
+        5,
+        &[L::Affine(false, true), RELU, A, L::Act(Activation::Tanh)],
+        43,
+        DType::F16,
+        Stats::default(),
+    );
+    assert_eq!(
+        steps, 1,
+        "affine, relu, affine, tanh fused into one elementwise step"
+    );
+    let bytes = network(
+        5,
+        &[A, L::Dense(4), A, A],
+        44,
+        DType::BF16,
+        Stats::default(),
+    );
+    let model = Model::from_bytes(&bytes).unwrap();
+    assert_eq!(model.compile(&Options::unfolded()).unwrap().num_steps(), 4);
+    check(
+        5,
+        &[A, L::Dense(4), A, A],
+        44,
+        DType::BF16,
+        Stats::default(),
+    );
+    check(
+        3,
+        &[L::Affine(false, false), L::Dense(2)],
+        45,
+        DType::F32,
+        Stats::default(),
+    );
+}

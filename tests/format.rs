@@ -686,7 +686,16 @@ fn corrupt_layer_entries_are_rejected() {
                 c[fc] = 42;
                 c
             },
-            |k| matches!(k, FormatError::UnknownLayerKind { index: 0, code: 42 }),
+            |k| {
+                matches!(
+                    k,
+                    FormatError::UnknownLayerKind {
+                        index: 0,
+                        code: 42,
+                        ..
+                    }
+                )
+            },
         ),
         (
             "unknown activation",
@@ -978,3 +987,226 @@ fn format_md_worked_example_matches_the_writer() {
 
 /// (table_len, data_offset, data_len, file length) of the FORMAT.md example.
 const EXAMPLE: (u64, u64, u64, usize) = (362, 448, 332, 780);
+
+/// A 3 -> 2 dense layer and an affine layer (format 1.1) with the given scale and shift.
+fn dense_affine(scale: Option<&[f32]>, shift: Option<&[f32]>, dtype: DType) -> Vec<u8> {
+    let mut w = Writer::new(3);
+    w.add_dense(
+        "fc",
+        DType::F32,
+        2,
+        3,
+        &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        None,
+    )
+    .unwrap();
+    w.add_affine("af", dtype, 2, scale, shift).unwrap();
+    w.to_bytes().unwrap()
+}
+
+#[test]
+fn affine_layer_round_trips_and_stamps_minor_version_1() {
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        for (scale, shift) in [
+            (Some(&[0.5f32, -2.0][..]), Some(&[0.25f32, 3.0][..])),
+            (Some(&[0.5, -2.0][..]), None),
+            (None, Some(&[0.25, 3.0][..])),
+            (None, None),
+        ] {
+            let b = dense_affine(scale, shift, dtype);
+            let m = Model::from_bytes(&b).unwrap();
+            assert_eq!((m.header().version_major, m.header().version_minor), (1, 1));
+            let l = &m.layers()[1];
+            assert_eq!(l.kind.kind_name(), "Affine");
+            assert_eq!(l.kind.shape_text(), "2");
+            let format::LayerKind::Affine {
+                features: 2,
+                scale: s,
+                shift: t,
+            } = l.kind
+            else {
+                panic!("not an affine layer: {:?}", l.kind);
+            };
+            assert_eq!(
+                s.map(|s| m.tensors()[s].name.as_str()),
+                scale.map(|_| "af.scale")
+            );
+            assert_eq!(
+                t.map(|t| m.tensors()[t].name.as_str()),
+                shift.map(|_| "af.shift")
+            );
+            let detail = l.kind.detail(m.tensors());
+            let want = format!(
+                "scale={} shift={}",
+                if scale.is_some() { "af.scale" } else { "-" },
+                if shift.is_some() { "af.shift" } else { "-" }
+            );
+            assert_eq!(detail, want);
+            // The reference applies it: x = [1, 1, 1] -> dense [6, 15] -> affine.
+            let y = bnfold::reference::forward(&m, &[1.0, 1.0, 1.0], 1).unwrap();
+            let (s, t) = (scale.unwrap_or(&[1.0, 1.0]), shift.unwrap_or(&[0.0, 0.0]));
+            assert_eq!(
+                y,
+                vec![
+                    6.0 * s[0] as f64 + t[0] as f64,
+                    15.0 * s[1] as f64 + t[1] as f64
+                ]
+            );
+        }
+    }
+    // A file without an affine layer is stamped 1.0, readable by 1.0 readers.
+    let b = dense_bn_relu("example");
+    assert_eq!(Model::from_bytes(&b).unwrap().header().version_minor, 0);
+}
+
+#[test]
+fn affine_layer_in_a_file_stamped_1_0_is_rejected() {
+    let mut b = dense_affine(Some(&[1.0, 2.0]), None, DType::F32);
+    b[10..12].copy_from_slice(&0u16.to_le_bytes());
+    let kind_at = after_string(&b, "af");
+    let e = load(b, true);
+    assert_eq!(e.format_kind().map(|_| ()), Some(()), "{e}");
+    match format_kind(&e) {
+        FormatError::KindNeedsNewerMinor {
+            index: 1,
+            code: 4,
+            needs_minor: 1,
+            minor: 0,
+            ..
+        } => {}
+        k => panic!("wrong error: {k}"),
+    }
+    let Error::Format { offset, .. } = e else {
+        unreachable!()
+    };
+    assert_eq!(offset as usize, kind_at);
+    // A later minor version is accepted (minor versions only add).
+    let mut b = dense_affine(Some(&[1.0, 2.0]), None, DType::F32);
+    b[10..12].copy_from_slice(&7u16.to_le_bytes());
+    fix_checksum(&mut b);
+    Model::from_bytes(&b).unwrap();
+}
+
+#[test]
+fn unknown_layer_kind_says_the_file_may_be_newer() {
+    let mut b = dense_affine(Some(&[1.0, 2.0]), None, DType::F32);
+    let at = after_string(&b, "af");
+    b[at] = 5;
+    let e = load(b, true);
+    assert!(
+        matches!(
+            format_kind(&e),
+            FormatError::UnknownLayerKind {
+                index: 1,
+                code: 5,
+                minor: 1
+            }
+        ),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(msg.contains("newer version of bnfold"), "{msg}");
+    assert!(msg.contains("format 1.0 to 1.1"), "{msg}");
+}
+
+#[test]
+fn invalid_affine_layers_name_the_layer_and_problem() {
+    // Non-finite scale.
+    let e = Model::from_bytes(&dense_affine(Some(&[1.0, f32::NAN]), None, DType::F32)).unwrap_err();
+    assert!(
+        matches!(
+            layer_kind(&e),
+            LayerError::NonFinite {
+                role: "scale",
+                position: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().starts_with("layer 1 (Affine 'af')"), "{e}");
+    // Infinite shift in f16.
+    let e = Model::from_bytes(&dense_affine(None, Some(&[f32::INFINITY, 0.0]), DType::F16))
+        .unwrap_err();
+    assert!(
+        matches!(
+            layer_kind(&e),
+            LayerError::NonFinite {
+                role: "shift",
+                position: 0,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Width that does not chain.
+    let mut w = Writer::new(3);
+    w.add_affine("af", DType::F32, 2, Some(&[1.0, 1.0]), None)
+        .unwrap();
+    let e = Model::from_bytes(&w.to_bytes().unwrap()).unwrap_err();
+    assert!(
+        matches!(
+            layer_kind(&e),
+            LayerError::WidthMismatch {
+                expected: 2,
+                found: 3
+            }
+        ),
+        "{e}"
+    );
+    // A tensor of the wrong shape for its role.
+    let mut w = Writer::new(2);
+    let t = w.tensor("s", DType::F32, &[3], &[1.0; 3]).unwrap();
+    w.affine(
+        "af",
+        2,
+        format::AffineTensors {
+            scale: Some(t),
+            shift: None,
+        },
+    )
+    .unwrap();
+    let e = Model::from_bytes(&w.to_bytes().unwrap()).unwrap_err();
+    assert!(
+        matches!(
+            layer_kind(&e),
+            LayerError::TensorShape { role: "scale", .. }
+        ),
+        "{e}"
+    );
+    // Zero features.
+    let mut w = Writer::new(2);
+    w.affine("af", 0, format::AffineTensors::default()).unwrap();
+    let e = Model::from_bytes(&w.to_bytes().unwrap()).unwrap_err();
+    assert!(
+        matches!(
+            layer_kind(&e),
+            LayerError::BadWidth {
+                what: "features",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Truncated inside the payload, and a tensor index out of range.
+    let b = dense_affine(Some(&[1.0, 2.0]), None, DType::F32);
+    let at = after_string(&b, "af");
+    let mut c = b.clone();
+    put_u32(&mut c, at + 5, 9);
+    assert!(matches!(
+        format_kind(&load(c, true)),
+        FormatError::BadTensorIndex {
+            field: "affine scale",
+            ..
+        }
+    ));
+    let mut c = b.clone();
+    put_u32(&mut c, at + 5, 0);
+    assert!(matches!(
+        format_kind(&load(c, true)),
+        FormatError::TensorReused {
+            field: "affine scale",
+            ..
+        }
+    ));
+}

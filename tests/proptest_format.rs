@@ -2,7 +2,8 @@
 //! single corrupted byte makes the loader panic or accept a file whose checksum it verified.
 
 use bnfold::format::{
-    self, Activation, BatchNormTensors, CHECKSUM_RANGE, DType, HEADER_LEN, LayerKind, Writer,
+    self, Activation, AffineTensors, BatchNormTensors, CHECKSUM_RANGE, DType, HEADER_LEN,
+    LayerKind, Writer,
 };
 use bnfold::{Model, Options};
 use half::{bf16, f16};
@@ -26,6 +27,12 @@ enum GenLayer {
         var: Vec<f32>,
     },
     Act(Activation),
+    /// An affine layer (format 1.1).
+    Affine {
+        dtype: DType,
+        scale: Option<Vec<f32>>,
+        shift: Option<Vec<f32>>,
+    },
 }
 
 /// A generated network: input width, layers, metadata. Widths chain, so it is a valid model when
@@ -109,7 +116,19 @@ fn layer(width: usize, bits: bool) -> BoxedStrategy<(GenLayer, usize)> {
         },
     );
     let act = activation().prop_map(move |a| (GenLayer::Act(a), width));
-    prop_oneof![dense, bn, act].boxed()
+    let affine = (dtype(), any::<bool>(), any::<bool>()).prop_flat_map(
+        move |(dtype, has_scale, has_shift)| {
+            (values(width, bits, 0.0), values(width, bits, 0.0)).prop_map(move |(s, t)| {
+                let l = GenLayer::Affine {
+                    dtype,
+                    scale: has_scale.then_some(s),
+                    shift: has_shift.then_some(t),
+                };
+                (l, width)
+            })
+        },
+    );
+    prop_oneof![dense, bn, act, affine].boxed()
 }
 
 /// Up to `depth` more layers after a width of `width`.
@@ -256,6 +275,30 @@ fn write(net: &GenNet) -> (Vec<u8>, Vec<ExpectedTensor>, Vec<(String, LayerKind)
                 w.activation(&name, *a).expect("activation");
                 kinds.push((name, LayerKind::Activation(*a)));
             }
+            GenLayer::Affine {
+                dtype,
+                scale,
+                shift,
+            } => {
+                let mut vec = |suffix: &str, v: &[f32]| {
+                    add(&mut w, format!("{name}.{suffix}"), *dtype, vec![width], v)
+                };
+                let s = scale.as_ref().map(|s| vec("scale", s));
+                let t = shift.as_ref().map(|t| vec("shift", t));
+                let ids = AffineTensors {
+                    scale: s.map(|s| s.0),
+                    shift: t.map(|t| t.0),
+                };
+                w.affine(&name, width, ids).expect("affine");
+                kinds.push((
+                    name,
+                    LayerKind::Affine {
+                        features: width,
+                        scale: s.map(|s| s.1),
+                        shift: t.map(|t| t.1),
+                    },
+                ));
+            }
         }
     }
     (w.to_bytes().expect("within limits"), tensors, kinds)
@@ -281,6 +324,9 @@ proptest! {
         let model = Model::from_bytes(&bytes).expect("a valid network loads");
         prop_assert_eq!(model.input_features(), net.input_features);
         prop_assert_eq!(model.metadata(), &net.metadata[..]);
+        // The writer stamps the lowest minor version the layers need: 1.1 only with an affine layer.
+        let needs_1_1 = net.layers.iter().any(|l| matches!(l, GenLayer::Affine { .. }));
+        prop_assert_eq!(model.header().version_minor, u16::from(needs_1_1));
         prop_assert_eq!(model.layers().len(), kinds.len());
         for (l, (name, kind)) in model.layers().iter().zip(&kinds) {
             prop_assert_eq!(&l.name, name);
@@ -335,7 +381,8 @@ proptest! {
 /// Where a byte of a written file lies.
 #[derive(Debug, PartialEq)]
 enum Region {
-    /// The minor version (bytes 10..12): any value is accepted, by design.
+    /// The minor version (bytes 10..12): any value at least the one the file's layers need is
+    /// accepted, by design.
     MinorVersion,
     /// The stored CRC-32 (bytes 40..44).
     Checksum,
@@ -383,6 +430,16 @@ proptest! {
             let unchecked = Model::from_bytes_unchecked_crc(&copy);
             match region(at, table_end) {
                 Region::Header => prop_assert!(unchecked.is_err(), "header byte {} ^ {:#x} accepted", at, mask),
+                Region::MinorVersion
+                    if u16::from_le_bytes([copy[10], copy[11]]) < original.header().version_minor =>
+                {
+                    // An affine layer (1.1) in a file now stamped 1.0.
+                    let e = unchecked.as_ref().expect_err("1.1 layer in a 1.0 file");
+                    prop_assert!(
+                        matches!(e.format_kind(), Some(bnfold::FormatError::KindNeedsNewerMinor { .. })),
+                        "{}", e
+                    );
+                }
                 Region::Checksum | Region::MinorVersion => {
                     let m = unchecked.as_ref().expect("only the CRC field or minor version changed");
                     prop_assert_eq!(m.layers(), original.layers());

@@ -13,6 +13,7 @@ macro_rules! outln {
 }
 
 mod bench;
+mod convert;
 mod inspect;
 mod run;
 mod train;
@@ -50,6 +51,22 @@ enum Command {
     Run(run::RunArgs),
     /// Compare folded, unfolded and an f64 reference, layer by layer.
     Verify(verify::VerifyArgs),
+    /// Convert a PyTorch or Keras model (ONNX, or a safetensors state_dict with --arch) to a
+    /// weight file.
+    Convert {
+        /// The model: .onnx (external data beside it), or .safetensors.
+        input: PathBuf,
+        /// The weight file to write (.bnw); written only if the whole conversion succeeds.
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Architecture of a safetensors state_dict, the nn.Sequential's modules in order:
+        /// e.g. linear,bn,relu,linear,bn:0.001,tanh,linear (see docs/IMPORT.md).
+        #[arg(long)]
+        arch: Option<String>,
+        /// Store every tensor as f32, f16 or bf16 (default: as in the source).
+        #[arg(long, value_parser = convert::parse_dtype)]
+        dtype: Option<bnfold::DType>,
+    },
     /// Measure latency (p50, p99) and throughput, folded and unfolded.
     Bench(bench::BenchArgs),
     /// Train a network with Batch Normalization and write it as a weight file.
@@ -100,6 +117,12 @@ fn main() -> ExitCode {
         Command::Inspect { file, json } => inspect::run(&file, json),
         Command::Run(args) => run::run(&args),
         Command::Verify(args) => verify::run(&args),
+        Command::Convert {
+            input,
+            output,
+            arch,
+            dtype,
+        } => convert::run(&input, &output, arch.as_deref(), dtype),
         Command::Bench(args) => bench::run(&args),
         Command::Train { what } => train::run(&what).map(|()| ExitCode::SUCCESS),
     };

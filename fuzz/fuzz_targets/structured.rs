@@ -4,7 +4,9 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use bnfold::format::{self, Activation, BatchNormTensors, DType, HEADER_LEN, TensorId, Writer};
+use bnfold::format::{
+    self, Activation, AffineTensors, BatchNormTensors, DType, HEADER_LEN, TensorId, Writer,
+};
 use bnfold::{Error, FormatError, Model};
 use libfuzzer_sys::fuzz_target;
 
@@ -100,6 +102,13 @@ enum Spec {
     Act {
         code: u8,
         alpha: f32,
+    },
+    /// An affine layer (format 1.1), scale and shift each optional.
+    Affine {
+        dtype: Dt,
+        scale: Option<Values>,
+        shift: Option<Values>,
+        width_skew: i8,
     },
     /// A dense layer whose weight is a tensor added earlier (weights shared between layers).
     Reuse {
@@ -320,6 +329,26 @@ fn build(input: &Input) -> Option<Vec<u8>> {
                     moving_variance: v,
                 };
                 w.batch_norm(&name, n, eps.value(), tensors).ok()?;
+            }
+            Spec::Affine {
+                dtype,
+                scale,
+                shift,
+                width_skew,
+            } => {
+                let n = skewed(width, *width_skew);
+                let dt = dtype.dtype();
+                let mut t = |suffix: &str, v: Option<&Values>| -> Option<Option<TensorId>> {
+                    let Some(v) = v else { return Some(None) };
+                    let id = w
+                        .tensor(&format!("{name}.{suffix}"), dt, &[n], &v.fill(n, 0.0))
+                        .ok()?;
+                    added.push(id);
+                    Some(Some(id))
+                };
+                let scale = t("scale", scale.as_ref())?;
+                let shift = t("shift", shift.as_ref())?;
+                w.affine(&name, n, AffineTensors { scale, shift }).ok()?;
             }
             Spec::Act { code, alpha } => {
                 let a = Activation::from_code(code % Activation::ALL.len() as u8, *alpha)?;

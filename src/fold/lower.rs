@@ -1,6 +1,7 @@
 //! Lowering: a model's layers become the steps a plan runs.
 //!
-//! Folded mode decides where every BN goes:
+//! Folded mode decides where every BN goes (an affine layer, format 1.1, is treated exactly like a
+//! BN: below, "BN" means either):
 //! 1. runs of consecutive BN layers are composed into one affine map (in f64);
 //! 2. a BN right after a dense layer folds *backward* into it (scales its rows, shifts its bias);
 //! 3. a BN right before a dense layer, and not right after one, folds *forward* into it (scales
@@ -9,7 +10,8 @@
 //! 4. any other BN (alone, last, between two activations) stays a per-feature affine op.
 //!
 //! Unfolded mode folds nothing: each layer is its own step, BN computed exactly as frameworks do
-//! at inference, `gamma * (x - mean) / sqrt(var + eps) + beta` in f32.
+//! at inference, `gamma * (x - mean) / sqrt(var + eps) + beta` in f32, and an affine layer as its
+//! own per-feature `scale * x + shift` step in f32.
 
 use super::{Affine, FoldedDense, fold_dense};
 use crate::activation::Activation;
@@ -43,7 +45,8 @@ pub struct LoweredStep {
 /// A token of the layer sequence while grouping for the folded plan.
 enum Token {
     Dense(usize),
-    /// A run of consecutive BN layers composed into one affine map; the last layer's index.
+    /// A run of consecutive BN and affine layers composed into one affine map; the last layer's
+    /// index.
     Bn(Affine, usize),
     Act(Activation, usize),
 }
@@ -93,6 +96,13 @@ fn lower_unfolded(model: &Model, emit: &mut dyn FnMut(LoweredStep) -> Result<()>
                     denom,
                 })
             }
+            LayerView::Affine(af) => {
+                let n = af.features;
+                Lowered::Elementwise(EpilogueOp::Affine {
+                    scale: af.scale.map_or_else(|| vec![1.0; n], |s| s.to_f32_vec()),
+                    shift: af.shift.map_or_else(|| vec![0.0; n], |t| t.to_f32_vec()),
+                })
+            }
             LayerView::Activation(Activation::Softmax) => Lowered::Softmax,
             LayerView::Activation(a) => Lowered::Elementwise(EpilogueOp::Act(a)),
         };
@@ -110,8 +120,12 @@ fn lower_folded(model: &Model, emit: &mut dyn FnMut(LoweredStep) -> Result<()>) 
     for index in 0..model.layers().len() {
         match model.layer_view(index)? {
             LayerView::Dense(_) => tokens.push(Token::Dense(index)),
-            LayerView::BatchNorm(bn) => {
-                let a = Affine::of_batch_norm(&bn);
+            view @ (LayerView::BatchNorm(_) | LayerView::Affine(_)) => {
+                let a = match view {
+                    LayerView::BatchNorm(bn) => Affine::of_batch_norm(&bn),
+                    LayerView::Affine(af) => Affine::of_affine(&af),
+                    _ => unreachable!("matched BatchNorm or Affine above"),
+                };
                 if let Some(Token::Bn(prev, last)) = tokens.last_mut() {
                     *prev = prev.then(&a);
                     *last = index;

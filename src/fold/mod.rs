@@ -1,5 +1,9 @@
 //! Batch-normalisation folding, in f64, rounded once to f32.
 //!
+//! An affine layer (format 1.1) is such a map already, stored; it is folded by exactly the same
+//! code as a BN (its [`Affine`] comes from [`Affine::of_affine`] instead of
+//! [`Affine::of_batch_norm`]).
+//!
 //! At inference a BN layer is the per-feature affine map `y = s * x + t` with
 //! `s = gamma / sqrt(var + eps)` and `t = beta - mean * s`. Weights are stored `[out, in]`
 //! row-major, so with `z[o] = sum_i W[o, i] x[i] + b[o]`:
@@ -14,7 +18,7 @@
 //! per-feature affine op; the plan (`crate::plan`) packs what it produces for the kernels.
 
 use crate::error::LayerError;
-use crate::model::{BatchNormView, DenseView};
+use crate::model::{AffineView, BatchNormView, DenseView};
 
 /// A per-feature affine map `y = scale * x + shift`, in f64.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +41,15 @@ impl Affine {
                 let s = bn.gamma_f64(j) / (bn.moving_variance.get_f64(j) + bn.eps).sqrt();
                 (s, bn.beta_f64(j) - bn.moving_mean.get_f64(j) * s)
             })
+            .unzip();
+        Affine { scale, shift }
+    }
+
+    /// The map of an affine layer (format 1.1): its scale and shift as stored, widened to f64
+    /// (1 and 0 where absent).
+    pub fn of_affine(af: &AffineView) -> Affine {
+        let (scale, shift) = (0..af.features)
+            .map(|j| (af.scale_f64(j), af.shift_f64(j)))
             .unzip();
         Affine { scale, shift }
     }

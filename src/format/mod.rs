@@ -8,7 +8,7 @@ mod reader;
 mod writer;
 
 pub use reader::{Header, Parsed, TensorInfo, parse};
-pub use writer::{BatchNormTensors, TensorId, Writer};
+pub use writer::{AffineTensors, BatchNormTensors, TensorId, Writer};
 
 /// Activations are stored by code; the type lives in [`crate::activation`].
 pub use crate::activation::Activation;
@@ -20,8 +20,15 @@ pub use crate::activation::Activation;
 pub const MAGIC: [u8; 8] = *b"\x89BNW\r\n\x1a\n";
 /// Major version this reader and writer implement; a file with a larger major version is rejected.
 pub const VERSION_MAJOR: u16 = 1;
-/// Minor version the writer stamps. Readers accept any minor version of their major version.
-pub const VERSION_MINOR: u16 = 0;
+/// Highest minor version this reader and writer implement (1.1 added the affine layer, kind 4).
+///
+/// Readers accept any minor version of their major version; the writer stamps the lowest minor
+/// version whose features a file uses (0 unless it has an affine layer), so files that need no
+/// 1.1 feature stay readable by 1.0 readers.
+pub const VERSION_MINOR: u16 = 1;
+/// The minor version that introduced the affine layer (kind 4). A file stamped with a lower minor
+/// version that contains one is rejected: no conforming writer of that version could have made it.
+pub const AFFINE_MINOR: u16 = 1;
 /// Size of the fixed header at the start of the file.
 pub const HEADER_LEN: usize = 64;
 /// Tensor data (and the data section) are aligned to this many bytes.
@@ -133,12 +140,23 @@ pub enum LayerKind {
     },
     /// An elementwise (or, for softmax, row-wise) activation.
     Activation(Activation),
+    /// A per-feature affine map `y = scale * x + shift` (format 1.1): a BN whose statistics the
+    /// exporter already combined (tf2onnx), or a standalone per-feature `Mul`/`Add`.
+    Affine {
+        /// Features transformed.
+        features: usize,
+        /// Optional per-feature scale (absent means 1).
+        scale: Option<usize>,
+        /// Optional per-feature shift (absent means 0).
+        shift: Option<usize>,
+    },
 }
 
 /// A layer's reference to a tensor, with the role it plays and the shape that role requires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TensorRef {
-    /// The role: `weight`, `bias`, `gamma`, `beta`, `moving_mean` or `moving_variance`.
+    /// The role: `weight`, `bias`, `gamma`, `beta`, `moving_mean`, `moving_variance`, `scale` or
+    /// `shift`.
     pub role: &'static str,
     /// The layer-table field that holds the reference (`dense weight`, `batchnorm gamma`, ...), as
     /// `docs/FORMAT.md` names it.
@@ -173,6 +191,16 @@ impl LayerKind {
             LayerKind::Dense { .. } => "Dense",
             LayerKind::BatchNorm { .. } => "BatchNorm",
             LayerKind::Activation(_) => "Activation",
+            LayerKind::Affine { .. } => "Affine",
+        }
+    }
+
+    /// The lowest format minor version that defines this kind of layer (1 for an affine layer,
+    /// 0 for the others). The writer stamps the largest of these over a file's layers.
+    pub fn min_minor_version(&self) -> u16 {
+        match self {
+            LayerKind::Affine { .. } => AFFINE_MINOR,
+            _ => 0,
         }
     }
 
@@ -223,35 +251,49 @@ impl LayerKind {
             .flatten()
             .collect(),
             LayerKind::Activation(_) => Vec::new(),
+            LayerKind::Affine {
+                features: n,
+                scale,
+                shift,
+            } => [
+                scale.map(|t| TensorRef::vector("scale", "affine scale", t, n)),
+                shift.map(|t| TensorRef::vector("shift", "affine shift", t, n)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
         }
     }
 
-    /// The layer's shape for people: `784 -> 64` for a dense layer, `64` for a BN, empty for an
-    /// activation.
+    /// The layer's shape for people: `784 -> 64` for a dense layer, `64` for a BN or an affine
+    /// layer, empty for an activation.
     pub fn shape_text(&self) -> String {
         match self {
             LayerKind::Dense {
                 inputs, outputs, ..
             } => format!("{inputs} -> {outputs}"),
-            LayerKind::BatchNorm { features, .. } => features.to_string(),
+            LayerKind::BatchNorm { features, .. } | LayerKind::Affine { features, .. } => {
+                features.to_string()
+            }
             LayerKind::Activation(_) => String::new(),
         }
     }
 
     /// The layer's parameters for people, with tensor names looked up in `tensors`:
-    /// `eps=1e-3 gamma=bn.weight beta=- ...`, or the activation (`leaky_relu:0.2`). A reference
-    /// outside `tensors` prints as `#index`.
+    /// `eps=1e-3 gamma=bn.weight beta=- ...`, `scale=... shift=-` for an affine layer, or the
+    /// activation (`leaky_relu:0.2`). A reference outside `tensors` prints as `#index`.
     pub fn detail(&self, tensors: &[TensorInfo]) -> String {
         let name = |t: usize| tensors.get(t).map_or(format!("#{t}"), |i| i.name.clone());
         let mut parts = Vec::new();
         match self {
             LayerKind::Activation(a) => return a.to_string(),
             LayerKind::BatchNorm { eps, .. } => parts.push(format!("eps={eps:e}")),
-            LayerKind::Dense { .. } => {}
+            LayerKind::Dense { .. } | LayerKind::Affine { .. } => {}
         }
         let refs = self.tensor_refs();
         let roles: &[&str] = match self {
             LayerKind::Dense { .. } => &["weight", "bias"],
+            LayerKind::Affine { .. } => &["scale", "shift"],
             _ => &["gamma", "beta", "moving_mean", "moving_variance"],
         };
         for role in roles {

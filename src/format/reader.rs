@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 use super::{
-    ALIGN, Activation, CHECKSUM_RANGE, DType, HEADER_LEN, LayerKind, LayerRecord, MAGIC, NO_TENSOR,
-    VERSION_MAJOR, align_up, checksum, limits,
+    AFFINE_MINOR, ALIGN, Activation, CHECKSUM_RANGE, DType, HEADER_LEN, LayerKind, LayerRecord,
+    MAGIC, NO_TENSOR, VERSION_MAJOR, align_up, checksum, limits,
 };
 use crate::error::{Error, FormatError, Result};
 
@@ -323,10 +323,38 @@ pub fn parse(bytes: &[u8], verify_checksum: bool) -> Result<Parsed> {
                 })?;
                 LayerKind::Activation(a)
             }
+            4 => {
+                // Kind 4 exists from 1.1 on: a file stamped 1.0 cannot contain it (and a 1.0
+                // reader rejects it as an unknown kind, whatever the stamp).
+                if header.version_minor < AFFINE_MINOR {
+                    return Err(Error::format(
+                        at,
+                        FormatError::KindNeedsNewerMinor {
+                            index,
+                            code,
+                            kind: "affine",
+                            needs_minor: AFFINE_MINOR,
+                            minor: header.version_minor,
+                        },
+                    ));
+                }
+                let features = cur.u32("affine features")? as usize;
+                let scale = opt_tensor(&mut cur, "affine scale")?;
+                let shift = opt_tensor(&mut cur, "affine shift")?;
+                LayerKind::Affine {
+                    features,
+                    scale,
+                    shift,
+                }
+            }
             _ => {
                 return Err(Error::format(
                     at,
-                    FormatError::UnknownLayerKind { index, code },
+                    FormatError::UnknownLayerKind {
+                        index,
+                        code,
+                        minor: header.version_minor,
+                    },
                 ));
             }
         };

@@ -9,7 +9,7 @@ use std::path::Path;
 use half::{bf16, f16};
 
 use super::{
-    ALIGN, Activation, DType, HEADER_LEN, MAGIC, NO_TENSOR, VERSION_MAJOR, VERSION_MINOR, align_up,
+    AFFINE_MINOR, ALIGN, Activation, DType, HEADER_LEN, MAGIC, NO_TENSOR, VERSION_MAJOR, align_up,
     fix_checksum, limits,
 };
 use crate::error::{Error, Result, WriterError};
@@ -31,6 +31,15 @@ pub struct BatchNormTensors {
     pub moving_variance: TensorId,
 }
 
+/// Tensors of an affine layer (format 1.1); either may be absent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AffineTensors {
+    /// Per-feature scale, or `None` for 1.
+    pub scale: Option<TensorId>,
+    /// Per-feature shift, or `None` for 0.
+    pub shift: Option<TensorId>,
+}
+
 enum WLayer {
     Dense {
         inputs: u32,
@@ -47,6 +56,11 @@ enum WLayer {
         var: u32,
     },
     Activation(Activation),
+    Affine {
+        features: u32,
+        scale: u32,
+        shift: u32,
+    },
 }
 
 struct WTensor {
@@ -258,6 +272,54 @@ impl Writer {
         self.push_layer(name, WLayer::Activation(act))
     }
 
+    /// Add a per-feature affine layer `y = scale * x + shift` over existing tensors (format 1.1: a
+    /// file with one is stamped version 1.1).
+    pub fn affine(&mut self, name: &str, features: usize, t: AffineTensors) -> Result<&mut Self> {
+        let features = u32::try_from(features).map_err(|_| WriterError::WidthTooLarge {
+            layer: name.to_owned(),
+            width: features,
+        })?;
+        let layer = WLayer::Affine {
+            features,
+            scale: t.scale.map_or(NO_TENSOR, |t| t.0),
+            shift: t.shift.map_or(NO_TENSOR, |t| t.0),
+        };
+        self.push_layer(name, layer)
+    }
+
+    /// Add an affine layer of `features` features and its tensors `NAME.scale` and `NAME.shift`
+    /// (each only if given; each must hold `features` values).
+    pub fn add_affine(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        features: usize,
+        scale: Option<&[f32]>,
+        shift: Option<&[f32]>,
+    ) -> Result<&mut Self> {
+        let scale = scale
+            .map(|v| self.tensor(&format!("{name}.scale"), dtype, &[features], v))
+            .transpose()?;
+        let shift = shift
+            .map(|v| self.tensor(&format!("{name}.shift"), dtype, &[features], v))
+            .transpose()?;
+        self.affine(name, features, AffineTensors { scale, shift })
+    }
+
+    /// The minor version [`Writer::to_bytes`] stamps: the lowest whose features the file uses
+    /// (1 with an affine layer, else 0), so that files without 1.1 features stay readable by 1.0
+    /// readers.
+    pub fn minor_version(&self) -> u16 {
+        self.layers
+            .iter()
+            .map(|(_, l)| match l {
+                WLayer::Affine { .. } => AFFINE_MINOR,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Add a dense layer and its tensors `NAME.weight` (`[outputs, inputs]` row-major) and `NAME.bias`.
     pub fn add_dense(
         &mut self,
@@ -383,6 +445,16 @@ impl Writer {
                     table.push(a.code());
                     table.extend_from_slice(&a.param().to_le_bytes());
                 }
+                WLayer::Affine {
+                    features,
+                    scale,
+                    shift,
+                } => {
+                    table.push(4);
+                    for v in [features, scale, shift] {
+                        table.extend_from_slice(&v.to_le_bytes());
+                    }
+                }
             }
         }
         if table.len() as u64 > limits::MAX_TABLE_LEN {
@@ -400,7 +472,7 @@ impl Writer {
         let mut out = vec![0u8; total];
         out[..8].copy_from_slice(&MAGIC);
         out[8..10].copy_from_slice(&VERSION_MAJOR.to_le_bytes());
-        out[10..12].copy_from_slice(&VERSION_MINOR.to_le_bytes());
+        out[10..12].copy_from_slice(&self.minor_version().to_le_bytes());
         out[16..24].copy_from_slice(&(table.len() as u64).to_le_bytes());
         out[24..32].copy_from_slice(&data_offset.to_le_bytes());
         out[32..40].copy_from_slice(&data_len.to_le_bytes());
