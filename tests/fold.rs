@@ -548,3 +548,41 @@ fn affine_layers_fold_like_bn_and_run_as_their_own_step_unfolded() {
         Stats::default(),
     );
 }
+
+#[test]
+fn an_unfoldable_bn_whose_combined_form_overflows_keeps_its_own_form() {
+    // The two cases of issue 11, on a BN with no dense neighbour: gamma 3e38 over var 0.25 (the
+    // combined scale 6e38 overflows f32) at input 0.1, and a mean of 3e38 at an input equal to
+    // it (the combined shift -3e38 * s overflows). The unfolded path and the f64 reference give
+    // 6e37 and 0; the folded plan must too, not inf and -inf.
+    let mut w = bnfold::format::Writer::new(2);
+    w.add_batch_norm(
+        "bn",
+        DType::F32,
+        0.0,
+        Some(&[3e38, 1.0]),
+        None,
+        &[0.0, 3e38],
+        &[0.25, 0.25],
+    )
+    .unwrap();
+    w.activation("act", Activation::Identity).unwrap();
+    let model = Model::from_bytes(&w.to_bytes().unwrap()).unwrap();
+    let x = [0.1f32, 3e38];
+    for opts in [Options::folded(), Options::unfolded()] {
+        let plan = model.compile(&opts).unwrap();
+        let y = plan.session().run(&x, 1).unwrap().to_vec();
+        assert!(y.iter().all(|v| v.is_finite()), "{:?}: {y:?}", opts.mode);
+        assert!((y[0] / 6e37 - 1.0).abs() < 1e-6, "{:?}: {y:?}", opts.mode);
+        assert_eq!(y[1], 0.0, "{:?}", opts.mode);
+    }
+    let report = bnfold::verify(&model, &x, 1, &bnfold::VerifyOptions::default()).unwrap();
+    assert!(report.passed(), "{report:#?}");
+    // A run of BNs that stays in range still becomes one affine op (folded: one step).
+    let ok = network(3, &[L::Bn, L::Bn, RELU], 3, DType::F32, Stats::default());
+    let plan = Model::from_bytes(&ok)
+        .unwrap()
+        .compile(&Options::folded())
+        .unwrap();
+    assert_eq!(plan.num_steps(), 1);
+}

@@ -60,9 +60,18 @@ fn run(model: &Model) -> Ran {
     assert_eq!(reference.len(), batch * n_out);
     let finite = reference.iter().all(|v| v.is_finite());
     let mut max_err: Option<f64> = finite.then_some(0.0);
+    let yu = unfolded.session().run(&x, batch).expect("runs").to_vec();
     for plan in [Some(&unfolded), folded.as_ref()].into_iter().flatten() {
         let y = plan.session().run(&x, batch).expect("runs").to_vec();
         assert_eq!(y.len(), batch * n_out);
+        // No silent infinities: folding never makes an output non-finite that the unfolded path
+        // computes as finite.
+        for (i, (f, u)) in y.iter().zip(&yu).enumerate() {
+            assert!(
+                !u.is_finite() || f.is_finite(),
+                "output {i}: {f} where the unfolded path gives {u}"
+            );
+        }
         if let Some(m) = max_err.as_mut() {
             for (a, r) in y.iter().zip(&reference) {
                 *m = m.max((*a as f64 - r).abs() / (1.0 + r.abs()));

@@ -110,6 +110,11 @@ pub fn exercise(model: &Model) {
     let input: Vec<f32> = (0..batch * inputs)
         .map(|i| ((i % 17) as f32 - 8.0) * 0.25)
         .collect();
+    let yu = unfolded
+        .session()
+        .run(&input, batch)
+        .unwrap_or_else(|e| panic!("a well-shaped input must run: {e}"))
+        .to_vec();
     for plan in [Some(&unfolded), folded.as_ref()].into_iter().flatten() {
         assert_eq!(plan.input_features(), inputs);
         assert_eq!(plan.output_features(), outputs);
@@ -118,6 +123,11 @@ pub fn exercise(model: &Model) {
             .run(&input, batch)
             .unwrap_or_else(|e| panic!("a well-shaped input must run: {e}"));
         assert_eq!(y.len(), batch * outputs);
+        // No silent infinities: folding never makes an output non-finite that the unfolded path
+        // computes as finite.
+        for (f, u) in y.iter().zip(&yu) {
+            assert!(!u.is_finite() || f.is_finite(), "folded {f}, unfolded {u}");
+        }
         // Wrong input shapes are errors, not panics.
         assert!(session.run(&input[..input.len() - 1], batch).is_err());
         assert!(session.run(&input, 0).is_err());

@@ -7,7 +7,11 @@
 //! 3. a BN right before a dense layer, and not right after one, folds *forward* into it (scales
 //!    its columns, adds `W t` to its bias): input normalisation, or Keras' Dense -> act -> BN ->
 //!    Dense;
-//! 4. any other BN (alone, last, between two activations) stays a per-feature affine op.
+//! 4. any other BN (alone, last, between two activations) stays a per-feature affine op, unless
+//!    its combined scale or shift overflows f32: then each layer of the run keeps its own form
+//!    (`gamma * (x - mean) / sqrt(var + eps) + beta`), so the folded plan stays finite wherever
+//!    the unfolded one is. (A dense fold that would overflow f32 is a load error,
+//!    `LayerError::FoldOverflow`, naming the layer and feature.)
 //!
 //! Unfolded mode folds nothing: each layer is its own step, BN computed exactly as frameworks do
 //! at inference, `gamma * (x - mean) / sqrt(var + eps) + beta` in f32, and an affine layer as its
@@ -45,9 +49,9 @@ pub struct LoweredStep {
 /// A token of the layer sequence while grouping for the folded plan.
 enum Token {
     Dense(usize),
-    /// A run of consecutive BN and affine layers composed into one affine map; the last layer's
-    /// index.
-    Bn(Affine, usize),
+    /// A run of consecutive BN and affine layers composed into one affine map; the first and the
+    /// last layer's index.
+    Bn(Affine, usize, usize),
     Act(Activation, usize),
 }
 
@@ -69,49 +73,53 @@ pub fn lower(
 
 fn lower_unfolded(model: &Model, emit: &mut dyn FnMut(LoweredStep) -> Result<()>) -> Result<()> {
     for index in 0..model.layers().len() {
-        let op = match model.layer_view(index)? {
-            LayerView::Dense(d) => Lowered::Dense(FoldedDense {
-                inputs: d.inputs,
-                outputs: d.outputs,
-                weight: d.weight.to_f32_vec(),
-                bias: match d.bias {
-                    Some(b) => b.to_f32_vec(),
-                    None => vec![0.0; d.outputs],
-                },
-            }),
-            LayerView::BatchNorm(bn) => {
-                let n = bn.features;
-                // Exactly as frameworks compute it: stored values widened to f32, eps added in
-                // f32, the square root taken once per feature.
-                let denom = bn
-                    .moving_variance
-                    .to_f32_vec()
-                    .iter()
-                    .map(|&v| (v + bn.eps as f32).sqrt())
-                    .collect();
-                Lowered::Elementwise(EpilogueOp::BatchNorm {
-                    gamma: bn.gamma.map_or_else(|| vec![1.0; n], |g| g.to_f32_vec()),
-                    beta: bn.beta.map_or_else(|| vec![0.0; n], |b| b.to_f32_vec()),
-                    mean: bn.moving_mean.to_f32_vec(),
-                    denom,
-                })
-            }
-            LayerView::Affine(af) => {
-                let n = af.features;
-                Lowered::Elementwise(EpilogueOp::Affine {
-                    scale: af.scale.map_or_else(|| vec![1.0; n], |s| s.to_f32_vec()),
-                    shift: af.shift.map_or_else(|| vec![0.0; n], |t| t.to_f32_vec()),
-                })
-            }
-            LayerView::Activation(Activation::Softmax) => Lowered::Softmax,
-            LayerView::Activation(a) => Lowered::Elementwise(EpilogueOp::Act(a)),
-        };
         emit(LoweredStep {
-            op,
+            op: unfolded_op(model, index)?,
             last_layer: index,
         })?;
     }
     Ok(())
+}
+
+/// Layer `index` as the unfolded path computes it.
+fn unfolded_op(model: &Model, index: usize) -> Result<Lowered> {
+    Ok(match model.layer_view(index)? {
+        LayerView::Dense(d) => Lowered::Dense(FoldedDense {
+            inputs: d.inputs,
+            outputs: d.outputs,
+            weight: d.weight.to_f32_vec(),
+            bias: match d.bias {
+                Some(b) => b.to_f32_vec(),
+                None => vec![0.0; d.outputs],
+            },
+        }),
+        LayerView::BatchNorm(bn) => {
+            let n = bn.features;
+            // Exactly as frameworks compute it: stored values widened to f32, eps added in f32,
+            // the square root taken once per feature.
+            let denom = bn
+                .moving_variance
+                .to_f32_vec()
+                .iter()
+                .map(|&v| (v + bn.eps as f32).sqrt())
+                .collect();
+            Lowered::Elementwise(EpilogueOp::BatchNorm {
+                gamma: bn.gamma.map_or_else(|| vec![1.0; n], |g| g.to_f32_vec()),
+                beta: bn.beta.map_or_else(|| vec![0.0; n], |b| b.to_f32_vec()),
+                mean: bn.moving_mean.to_f32_vec(),
+                denom,
+            })
+        }
+        LayerView::Affine(af) => {
+            let n = af.features;
+            Lowered::Elementwise(EpilogueOp::Affine {
+                scale: af.scale.map_or_else(|| vec![1.0; n], |s| s.to_f32_vec()),
+                shift: af.shift.map_or_else(|| vec![0.0; n], |t| t.to_f32_vec()),
+            })
+        }
+        LayerView::Activation(Activation::Softmax) => Lowered::Softmax,
+        LayerView::Activation(a) => Lowered::Elementwise(EpilogueOp::Act(a)),
+    })
 }
 
 fn lower_folded(model: &Model, emit: &mut dyn FnMut(LoweredStep) -> Result<()>) -> Result<()> {
@@ -126,11 +134,11 @@ fn lower_folded(model: &Model, emit: &mut dyn FnMut(LoweredStep) -> Result<()>) 
                     LayerView::Affine(af) => Affine::of_affine(&af),
                     _ => unreachable!("matched BatchNorm or Affine above"),
                 };
-                if let Some(Token::Bn(prev, last)) = tokens.last_mut() {
+                if let Some(Token::Bn(prev, _, last)) = tokens.last_mut() {
                     *prev = prev.then(&a);
                     *last = index;
                 } else {
-                    tokens.push(Token::Bn(a, index));
+                    tokens.push(Token::Bn(a, index, index));
                 }
             }
             LayerView::Activation(a) => tokens.push(Token::Act(a, index)),
@@ -144,7 +152,7 @@ fn lower_folded(model: &Model, emit: &mut dyn FnMut(LoweredStep) -> Result<()>) 
         match &tokens[i] {
             Token::Dense(index) => {
                 let pre = match i.checked_sub(1).map(|p| &tokens[p]) {
-                    Some(Token::Bn(a, _))
+                    Some(Token::Bn(a, _, _))
                         if !matches!(
                             i.checked_sub(2).map(|p| &tokens[p]),
                             Some(Token::Dense(_))
@@ -155,7 +163,7 @@ fn lower_folded(model: &Model, emit: &mut dyn FnMut(LoweredStep) -> Result<()>) 
                     _ => None,
                 };
                 let (post, last) = match tokens.get(i + 1) {
-                    Some(Token::Bn(a, last)) => (Some(a), *last),
+                    Some(Token::Bn(a, _, last)) => (Some(a), *last),
                     _ => (None, *index),
                 };
                 let LayerView::Dense(dense) = model.layer_view(*index)? else {
@@ -169,14 +177,29 @@ fn lower_folded(model: &Model, emit: &mut dyn FnMut(LoweredStep) -> Result<()>) 
                 })?;
                 i += if post.is_some() { 2 } else { 1 };
             }
-            Token::Bn(a, last) => {
-                // Folded forward by the dense layer that follows; else an affine op.
+            Token::Bn(a, first, last) => {
+                // Folded forward by the dense layer that follows; else an affine op, if its f32
+                // form is finite.
                 if !matches!(tokens.get(i + 1), Some(Token::Dense(_))) {
                     let (scale, shift) = a.to_f32();
-                    emit(LoweredStep {
-                        op: Lowered::Elementwise(EpilogueOp::Affine { scale, shift }),
-                        last_layer: *last,
-                    })?;
+                    if scale.iter().chain(&shift).all(|v| v.is_finite()) {
+                        emit(LoweredStep {
+                            op: Lowered::Elementwise(EpilogueOp::Affine { scale, shift }),
+                            last_layer: *last,
+                        })?;
+                    } else {
+                        // The combined scale or shift does not fit f32 (gamma 3e38 over a
+                        // variance of 0.25; a mean of 3e38): `s * x + t` would give infinities
+                        // where the layers' own form, `gamma * (x - mean) / denom + beta`,
+                        // stays finite. Keep that form, layer by layer: exactly the unfolded
+                        // computation, so finite wherever the unfolded path is.
+                        for index in *first..=*last {
+                            emit(LoweredStep {
+                                op: unfolded_op(model, index)?,
+                                last_layer: index,
+                            })?;
+                        }
+                    }
                 }
                 i += 1;
             }
