@@ -99,6 +99,9 @@ pub enum WriterError {
     /// Two tensors with one name.
     #[error("tensor '{0}' added twice")]
     DuplicateTensor(String),
+    /// A tensor name or metadata key is empty.
+    #[error("{0} is empty")]
+    EmptyName(&'static str),
     /// More tensors, layers or metadata entries than the format allows.
     #[error("too many {what} (the limit is {limit})")]
     TooMany {
@@ -150,6 +153,21 @@ pub enum FormatError {
         minor: u16,
         /// Major version this reader implements.
         supported: u16,
+    },
+    /// A byte that no table entry or tensor covers (the padding before the data section, a gap
+    /// between tensors) is not zero.
+    #[error("padding byte is {value:#04x}, must be 0 ({where_})")]
+    NonZeroPadding {
+        /// Which padding: before the data section, or between tensors.
+        where_: &'static str,
+        /// The byte.
+        value: u8,
+    },
+    /// A name that must not be empty is empty.
+    #[error("{what} is empty")]
+    EmptyName {
+        /// `tensor name` or `metadata key`.
+        what: &'static str,
     },
     /// A reserved field or flag is not zero.
     #[error("reserved field `{field}` is {value:#x}, must be 0")]

@@ -149,7 +149,7 @@ fn layers(width: usize, depth: usize, bits: bool) -> BoxedStrategy<Vec<GenLayer>
 }
 
 fn network(bits: bool) -> impl Strategy<Value = GenNet> {
-    let meta = prop::collection::vec(("[a-z_.]{0,12}", "\\PC{0,24}"), 0..4);
+    let meta = prop::collection::vec(("[a-z_.]{1,12}", "\\PC{0,24}"), 0..4);
     (1usize..6, meta, any::<bool>()).prop_flat_map(move |(input_features, metadata, softmax)| {
         layers(input_features, 5, bits).prop_map(move |mut layers| {
             if softmax {

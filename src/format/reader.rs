@@ -101,7 +101,16 @@ pub fn parse(bytes: &[u8], verify_checksum: bool) -> Result<Parsed> {
     let n_meta = cur.count("metadata", limits::MAX_METADATA, 8)?;
     let mut metadata = Vec::with_capacity(n_meta);
     for _ in 0..n_meta {
+        let at = cur.offset();
         let key = cur.string("metadata key", limits::MAX_KEY_LEN)?;
+        if key.is_empty() {
+            return Err(Error::format(
+                at,
+                FormatError::EmptyName {
+                    what: "metadata key",
+                },
+            ));
+        }
         let value = cur.string("metadata value", limits::MAX_VALUE_LEN)?;
         metadata.push((key, value));
     }
@@ -113,6 +122,14 @@ pub fn parse(bytes: &[u8], verify_checksum: bool) -> Result<Parsed> {
     for _ in 0..n_tensors {
         let entry_at = cur.offset();
         let name = cur.string("tensor name", limits::MAX_NAME_LEN)?;
+        if name.is_empty() {
+            return Err(Error::format(
+                entry_at,
+                FormatError::EmptyName {
+                    what: "tensor name",
+                },
+            ));
+        }
         let at = cur.offset();
         let code = cur.u8("tensor dtype")?;
         let dtype = DType::from_code(code).ok_or_else(|| {
@@ -210,6 +227,7 @@ pub fn parse(bytes: &[u8], verify_checksum: bool) -> Result<Parsed> {
         });
     }
     check_overlap(&tensors)?;
+    check_padding(bytes, &header, &tensors)?;
 
     // Layers.
     let at = cur.offset();
@@ -510,6 +528,41 @@ fn check_overlap(tensors: &[TensorInfo]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Every byte outside the table and the tensors must be zero: the padding between the table and
+/// the data section, gaps between tensors, and nothing may follow the last tensor but zeros up to
+/// `data_len`. (Writers write zeros; requiring them leaves no place for hidden content and keeps
+/// the file a function of its tables and tensors.)
+fn check_padding(bytes: &[u8], header: &Header, tensors: &[TensorInfo]) -> Result<()> {
+    let zero = |range: std::ops::Range<usize>, where_: &'static str| -> Result<()> {
+        match bytes[range.clone()].iter().position(|&b| b != 0) {
+            Some(i) => Err(Error::format(
+                (range.start + i) as u64,
+                FormatError::NonZeroPadding {
+                    where_,
+                    value: bytes[range.start + i],
+                },
+            )),
+            None => Ok(()),
+        }
+    };
+    // parse_header proved these offsets inside the file.
+    let table_end = HEADER_LEN + header.table_len as usize;
+    let data_start = header.data_offset as usize;
+    let data_end = data_start + header.data_len as usize;
+    zero(table_end..data_start, "before the data section")?;
+    let mut ranges: Vec<(usize, usize)> = tensors
+        .iter()
+        .map(|t| (t.file_offset, t.file_offset + t.byte_len))
+        .collect();
+    ranges.sort_unstable();
+    let mut at = data_start;
+    for (start, end) in ranges {
+        zero(at..start.max(at), "between tensors in the data section")?;
+        at = at.max(end);
+    }
+    zero(at..data_end, "after the last tensor")
 }
 
 /// A bounds-checked little-endian reader over the table section.

@@ -158,6 +158,9 @@ impl Writer {
         bytes: Vec<u8>,
     ) -> Result<TensorId> {
         check_len("tensor name", name, limits::MAX_NAME_LEN)?;
+        if name.is_empty() {
+            return Err(WriterError::EmptyName("tensor name").into());
+        }
         if shape.is_empty() || shape.len() > limits::MAX_RANK as usize {
             return Err(WriterError::Rank {
                 tensor: name.to_owned(),
@@ -374,6 +377,9 @@ impl Writer {
 
     /// Serialise to bytes, checksum included.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        if self.metadata.iter().any(|(k, _)| k.is_empty()) {
+            return Err(WriterError::EmptyName("metadata key").into());
+        }
         if self.metadata.len() as u64 > limits::MAX_METADATA {
             return Err(WriterError::TooMany {
                 what: "metadata entries",
