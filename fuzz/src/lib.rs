@@ -11,7 +11,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
-use bnfold::{Error, LayerError, Model, Options};
+use bnfold::{LayerError, Model, Options};
 
 /// Largest single allocation the targets allow. No input a fuzzer makes (a few KB) may make
 /// bnfold ask for this much: the loader must bound every allocation by what the file paid for.
