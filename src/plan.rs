@@ -283,7 +283,7 @@ impl Plan {
     }
 
     /// Run step by step, handing out each step's output (for layer-by-layer comparison, as
-    /// [`crate::verify`] does). Holds two buffers of `batch` rows of the widest layer, like a
+    /// [`crate::verify()`] does). Holds two buffers of `batch` rows of the widest layer, like a
     /// session; allocates them once.
     pub fn trace<'a>(&'a self, input: &'a [f32], batch: usize) -> Result<Trace<'a>> {
         self.check_input(input, batch)?;

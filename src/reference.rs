@@ -29,7 +29,7 @@ fn check_input(model: &Model, len: usize, batch: usize) -> Result<()> {
 
 /// Layer `index` of `model` applied to `x`, the `[batch, width]` output of the layer before it
 /// (or the network's input), in f64. Layer by layer, so that a caller can compare each layer and
-/// drop it (as [`crate::verify`] does) instead of keeping every layer's output.
+/// drop it (as [`crate::verify()`] does) instead of keeping every layer's output.
 ///
 /// Panics if `index` is out of range; `x.len()` must be a multiple of `batch`.
 pub fn forward_layer(model: &Model, index: usize, x: Vec<f64>, batch: usize) -> Result<Vec<f64>> {

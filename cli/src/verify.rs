@@ -1,4 +1,4 @@
-//! `bnfold verify`: prints the report of [`bnfold::verify`].
+//! `bnfold verify`: prints the report of [`bnfold::verify()`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
