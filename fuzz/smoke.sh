@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 SECONDS_PER_TARGET="${FUZZ_SMOKE_SECONDS:-60}"
 INSTALL_TIMEOUT="${FUZZ_INSTALL_TIMEOUT:-600}"
-TARGETS=(parse_bytes structured)
+TARGETS=(parse_bytes structured parse_onnx)
 export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -42,13 +42,17 @@ fi
 echo "fuzz smoke: built with sanitizer=$sanitizer in $(($(date +%s) - start))s"
 
 status=0
+# parse_onnx reads ONNX protobufs: its own dictionary, and room for its largest seed (14 KB).
+dict_of() { if [ "$1" = parse_onnx ]; then echo onnx.dict; else echo bnfold.dict; fi; }
+max_len_of() { if [ "$1" = parse_onnx ]; then echo 16384; else echo 8192; fi; }
+
 for t in "${TARGETS[@]}"; do
     corpus=$(mktemp -d)
     echo "fuzz smoke: $t for ${SECONDS_PER_TARGET}s"
     # New inputs go to the temporary corpus; the committed seeds are only read.
     if cargo fuzz run --debug-assertions --sanitizer "$sanitizer" "$t" "$corpus" "seeds/$t" -- \
-        -dict=bnfold.dict -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb=2048 \
-        -timeout=10 -max_len=8192 -print_final_stats=1 >"$corpus.log" 2>&1; then
+        -dict="$(dict_of "$t")" -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb=2048 \
+        -timeout=10 -max_len="$(max_len_of "$t")" -print_final_stats=1 >"$corpus.log" 2>&1; then
         grep -E '^#[0-9]+[[:space:]]+DONE' "$corpus.log" | tail -1 || true
     else
         status=1
