@@ -101,6 +101,30 @@ impl TensorData<'_> {
         }
     }
 
+    /// The index of the first NaN or infinite element, if any. Checks the bits of each dtype
+    /// directly (an all-ones exponent), so a whole tensor is one vectorisable pass.
+    pub fn first_non_finite(&self) -> Option<usize> {
+        match self {
+            TensorData::F32(v) => v.iter().position(|x| !x.is_finite()),
+            TensorData::F16(v) => v.iter().position(|x| x.to_bits() & 0x7c00 == 0x7c00),
+            TensorData::BF16(v) => v.iter().position(|x| x.to_bits() & 0x7f80 == 0x7f80),
+        }
+    }
+
+    /// Elements `start .. start + out.len()` widened to f64 into `out` (exact for every dtype).
+    /// Panics if the range is outside the tensor.
+    pub fn read_f64(&self, start: usize, out: &mut [f64]) {
+        let r = start..start + out.len();
+        match self {
+            TensorData::F32(v) => out
+                .iter_mut()
+                .zip(&v[r])
+                .for_each(|(o, x)| *o = f64::from(*x)),
+            TensorData::F16(v) => out.iter_mut().zip(&v[r]).for_each(|(o, x)| *o = x.to_f64()),
+            TensorData::BF16(v) => out.iter_mut().zip(&v[r]).for_each(|(o, x)| *o = x.to_f64()),
+        }
+    }
+
     /// All elements widened to f64.
     pub fn to_f64_vec(&self) -> Vec<f64> {
         (0..self.len()).map(|i| self.get_f64(i)).collect()
@@ -388,6 +412,35 @@ impl Model {
         })
     }
 
+    /// Drop this process's resident pages of the mapped file that hold layer `index`'s tensors,
+    /// once the plan has its own (folded, packed) copy of them: loading a large network then peaks
+    /// near the size of the plan, not the plan plus the file. Invisible to every reader of the
+    /// model: the pages of a shared file mapping come back from the page cache on the next access,
+    /// with the same contents. A no-op for models read into memory, and on non-Unix hosts.
+    pub(crate) fn release_layer_pages(&self, index: usize) {
+        #[cfg(unix)]
+        if let Storage::Mmap(m) = &self.storage {
+            for r in self.parsed.layers[index].kind.tensor_refs() {
+                let t = &self.parsed.tensors[r.tensor];
+                // SAFETY: S-5 in docs/SAFETY.md. The range is inside the mapping (the reader
+                // proved every tensor inside the file), and for this read-only MAP_SHARED file
+                // mapping MADV_DONTNEED only drops page-table entries: any later read, including
+                // one racing with this call on another thread, faults the same page-cache pages
+                // back in, so no borrowed byte changes (under S-1's invariant: the file is not
+                // modified while the model is alive).
+                let advised = unsafe {
+                    m.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        t.file_offset,
+                        t.byte_len,
+                    )
+                };
+                // Only a hint: if the OS refuses, the pages simply stay resident.
+                let _ = advised;
+            }
+        }
+    }
+
     /// An error about layer `index`, carrying its name and kind.
     pub(crate) fn layer_err(&self, index: usize, kind: LayerError) -> Error {
         let l = &self.parsed.layers[index];
@@ -420,7 +473,7 @@ impl Model {
             ));
         }
         let data = self.tensor_data(index)?;
-        if let Some(position) = (0..data.len()).find(|&i| !data.get_f64(i).is_finite()) {
+        if let Some(position) = data.first_non_finite() {
             return Err(self.layer_err(
                 layer,
                 LayerError::NonFinite {

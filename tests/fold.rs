@@ -586,3 +586,54 @@ fn an_unfoldable_bn_whose_combined_form_overflows_keeps_its_own_form() {
         .unwrap();
     assert_eq!(plan.num_steps(), 1);
 }
+
+#[test]
+fn compiling_twice_from_a_mapped_file_gives_the_same_plan() {
+    // Compiling releases the mapped pages of each packed layer (S-5 in docs/SAFETY.md): the model
+    // must read exactly the same bytes afterwards, in its views and in a second compile.
+    let bytes = network(
+        300,
+        &[L::Bn, L::Dense(700), L::Bn, RELU, L::Dense(9)],
+        12,
+        DType::F16,
+        Stats::default(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("net.bnw");
+    std::fs::write(&path, &bytes).unwrap();
+    let model = Model::load(&path).unwrap();
+    let before: Vec<Vec<f64>> = (0..model.tensors().len())
+        .map(|t| model.tensor_data(t).unwrap().to_f64_vec())
+        .collect();
+    let x = input(3, 300, 12);
+    for opts in [Options::folded(), Options::unfolded()] {
+        let a = model.compile(&opts).unwrap();
+        let b = model.compile(&opts).unwrap();
+        let ya = a.session().run(&x, 3).unwrap().to_vec();
+        let yb = b.session().run(&x, 3).unwrap().to_vec();
+        assert!(ya.iter().zip(&yb).all(|(p, q)| p.to_bits() == q.to_bits()));
+    }
+    for (t, want) in before.iter().enumerate() {
+        assert_eq!(
+            &model.tensor_data(t).unwrap().to_f64_vec(),
+            want,
+            "tensor {t}"
+        );
+    }
+    let in_memory = Model::from_bytes(&bytes).unwrap();
+    let y_mem = in_memory
+        .compile(&Options::folded())
+        .unwrap()
+        .session()
+        .run(&x, 3)
+        .unwrap()
+        .to_vec();
+    let y_map = model
+        .compile(&Options::folded())
+        .unwrap()
+        .session()
+        .run(&x, 3)
+        .unwrap()
+        .to_vec();
+    assert_eq!(y_mem, y_map);
+}

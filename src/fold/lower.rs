@@ -84,15 +84,19 @@ fn lower_unfolded(model: &Model, emit: &mut dyn FnMut(LoweredStep) -> Result<()>
 /// Layer `index` as the unfolded path computes it.
 fn unfolded_op(model: &Model, index: usize) -> Result<Lowered> {
     Ok(match model.layer_view(index)? {
-        LayerView::Dense(d) => Lowered::Dense(FoldedDense {
-            inputs: d.inputs,
-            outputs: d.outputs,
-            weight: d.weight.to_f32_vec(),
-            bias: match d.bias {
-                Some(b) => b.to_f32_vec(),
-                None => vec![0.0; d.outputs],
-            },
-        }),
+        LayerView::Dense(d) => {
+            let dense = FoldedDense {
+                inputs: d.inputs,
+                outputs: d.outputs,
+                weight: d.weight.to_f32_vec(),
+                bias: match d.bias {
+                    Some(b) => b.to_f32_vec(),
+                    None => vec![0.0; d.outputs],
+                },
+            };
+            model.release_layer_pages(index);
+            Lowered::Dense(dense)
+        }
         LayerView::BatchNorm(bn) => {
             let n = bn.features;
             // Exactly as frameworks compute it: stored values widened to f32, eps added in f32,
@@ -171,6 +175,8 @@ fn lower_folded(model: &Model, emit: &mut dyn FnMut(LoweredStep) -> Result<()>) 
                 };
                 let folded =
                     fold_dense(&dense, pre, post).map_err(|e| model.layer_err(*index, e))?;
+                // The folded copy is all the plan needs: let the OS drop the mapped weights.
+                model.release_layer_pages(*index);
                 emit(LoweredStep {
                     op: Lowered::Dense(folded),
                     last_layer: last,

@@ -110,9 +110,7 @@ pub fn fold_dense(
     let mut row = vec![0f64; inputs];
     for o in 0..outputs {
         let mut acc = dense.bias_f64(o);
-        for (i, r) in row.iter_mut().enumerate() {
-            *r = dense.weight.get_f64(o * inputs + i);
-        }
+        dense.weight.read_f64(o * inputs, &mut row);
         if let Some(pre) = pre {
             for (i, r) in row.iter_mut().enumerate() {
                 acc += *r * pre.shift[i];
