@@ -471,6 +471,17 @@ pub enum LayerError {
     /// Softmax must be the final layer.
     #[error("softmax is only allowed as the last layer")]
     SoftmaxNotLast,
+    /// A folded weight is beyond the range of the weight type the plan was asked for (f16:
+    /// 65504).
+    #[error(
+        "folded weight of output feature {feature} is outside the range of {dtype}; compile with f32 or bf16 weights"
+    )]
+    WeightOutOfRange {
+        /// Output feature.
+        feature: usize,
+        /// The weight type asked for.
+        dtype: &'static str,
+    },
     /// Folding produced a non-finite value (overflow of f32 after folding).
     #[error("folding overflows f32 at output feature {feature}")]
     FoldOverflow {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::error::{InputError, Result};
 use crate::fold::{Lowered, LoweredStep, lower};
+use crate::format::DType;
 use crate::kernels::{self, DenseKernel, EpilogueOp, KernelChoice};
 use crate::model::Model;
 
@@ -30,6 +31,10 @@ pub struct Options {
     pub mode: Mode,
     /// Which instruction-set path the dense kernels use (default: detected, or `BNFOLD_KERNEL`).
     pub kernel: KernelChoice,
+    /// Precision of the packed dense weights, whatever the file stores (default f32). Folding
+    /// runs in f64 and rounds once to this type; a folded weight beyond f16's range is a load
+    /// error.
+    pub weights: DType,
 }
 
 impl Options {
@@ -39,6 +44,12 @@ impl Options {
             mode: Mode::Folded,
             ..Options::default()
         }
+    }
+
+    /// These options with the dense weights packed as `weights` (f32, f16 or bf16).
+    pub fn with_weights(mut self, weights: DType) -> Self {
+        self.weights = weights;
+        self
     }
 
     /// These options with the computation `mode`.
@@ -148,7 +159,7 @@ impl Plan {
         // applied while the tile is hot); the unfolded path keeps every layer its own pass, as a
         // framework runs it.
         let fuse = options.mode == Mode::Folded;
-        lower(model, options.mode, &mut |s: LoweredStep| {
+        lower(model, options, &mut |s: LoweredStep| {
             match s.op {
                 Lowered::Dense(d) => {
                     width = d.outputs;

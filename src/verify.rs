@@ -22,6 +22,7 @@
 //! every layer's output.
 
 use crate::error::{InputError, Result};
+use crate::format::DType;
 use crate::kernels::KernelChoice;
 use crate::model::Model;
 use crate::plan::{Mode, Options, Plan};
@@ -89,21 +90,43 @@ impl ErrorStats {
     }
 }
 
+/// The tolerance [`verify`] applies when none is given, for plans whose dense weights are packed
+/// as `weights`, on a network of `dense_layers` dense layers.
+///
+/// - f32: [`DEFAULT_TOLERANCE`] (1e-4), see the module documentation.
+/// - f16 and bf16: each packed weight carries a relative rounding error of up to the type's unit
+///   roundoff `u` (2^-11 for f16, 2^-8 for bf16), so a dot product is off by up to `u` times
+///   `sum |w x|`, which is a small multiple of the output's scale in trained and synthetic networks
+///   alike (4 covers the shipped models and the test networks with margin), and the errors of
+///   successive layers add up: `4 u` per dense layer, and never below 1e-4.
+pub fn default_tolerance(weights: DType, dense_layers: usize) -> f64 {
+    let u = match weights {
+        DType::F32 => return DEFAULT_TOLERANCE,
+        DType::F16 => 2f64.powi(-11),
+        DType::BF16 => 2f64.powi(-8),
+    };
+    (4.0 * u * dense_layers.max(1) as f64).max(DEFAULT_TOLERANCE)
+}
+
 /// Settings of [`verify`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct VerifyOptions {
-    /// Largest accepted normwise relative error of any layer (default [`DEFAULT_TOLERANCE`]).
-    pub tolerance: f64,
+    /// Largest accepted normwise relative error of any layer (default: [`default_tolerance`] of
+    /// the weight type and the model, 1e-4 for f32 weights).
+    pub tolerance: Option<f64>,
     /// The kernel path both plans use.
     pub kernel: KernelChoice,
+    /// Precision of both plans' packed dense weights (default f32).
+    pub weights: DType,
 }
 
 impl Default for VerifyOptions {
     fn default() -> Self {
         VerifyOptions {
-            tolerance: DEFAULT_TOLERANCE,
+            tolerance: None,
             kernel: KernelChoice::Auto,
+            weights: DType::F32,
         }
     }
 }
@@ -111,7 +134,13 @@ impl Default for VerifyOptions {
 impl VerifyOptions {
     /// These options with another tolerance.
     pub fn with_tolerance(mut self, tolerance: f64) -> Self {
-        self.tolerance = tolerance;
+        self.tolerance = Some(tolerance);
+        self
+    }
+
+    /// These options with both plans' dense weights packed as `weights`.
+    pub fn with_weights(mut self, weights: DType) -> Self {
+        self.weights = weights;
         self
     }
 
@@ -194,15 +223,24 @@ pub fn verify(
     batch: usize,
     options: &VerifyOptions,
 ) -> Result<VerifyReport> {
-    if !(options.tolerance.is_finite() && options.tolerance > 0.0) {
-        return Err(InputError::Tolerance(options.tolerance).into());
+    let dense_layers = model
+        .layers()
+        .iter()
+        .filter(|l| matches!(l.kind, crate::format::LayerKind::Dense { .. }))
+        .count();
+    let tolerance = options
+        .tolerance
+        .unwrap_or_else(|| default_tolerance(options.weights, dense_layers));
+    if !(tolerance.is_finite() && tolerance > 0.0) {
+        return Err(InputError::Tolerance(tolerance).into());
     }
     let compile = |mode| {
         Plan::compile(
             model,
             &Options::default()
                 .with_mode(mode)
-                .with_kernel(options.kernel),
+                .with_kernel(options.kernel)
+                .with_weights(options.weights),
         )
     };
     let folded_plan = compile(Mode::Folded)?;
@@ -255,7 +293,7 @@ pub fn verify(
     }
     Ok(VerifyReport {
         rows: batch,
-        tolerance: options.tolerance,
+        tolerance,
         layers,
         folded_vs_reference: overall.0,
         unfolded_vs_reference: overall.1,

@@ -33,6 +33,9 @@ pub struct BenchArgs {
     /// Memory budget for one configuration's input and session buffers, in MiB.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     max_memory_mib: u64,
+    /// Precision of the packed dense weights: f32, f16 or bf16.
+    #[arg(long, default_value = "f32", value_parser = crate::convert::parse_dtype)]
+    weights: bnfold::DType,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -49,7 +52,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let model = crate::load_model(&args.file)?;
     // Each configuration holds its input and a session's two buffers of the widest layer.
     let widest = model
-        .compile(&bnfold::Options::default().with_kernel(kernel))?
+        .compile(
+            &bnfold::Options::default()
+                .with_kernel(kernel)
+                .with_weights(args.weights),
+        )?
         .max_width() as u64;
     let per_row = 4 * (model.input_features() as u64 + 2 * widest);
     let budget = args.max_memory_mib.saturating_mul(1 << 20);
@@ -70,6 +77,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         threads: args.pool.iter().map(|&t| usize::from(t)).collect(),
         modes,
         kernel,
+        weights: args.weights,
         min_time: std::time::Duration::from_millis(args.time_ms),
         ..Default::default()
     };

@@ -9,14 +9,9 @@ use bnfold_import::{ConvertOptions, LayerSpec};
 
 use crate::CliResult;
 
-/// The `--dtype` values.
+/// The `--dtype` (and `--weights`) values: [`DType`]'s own parser.
 pub fn parse_dtype(s: &str) -> Result<DType, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "f32" | "float32" => Ok(DType::F32),
-        "f16" | "float16" => Ok(DType::F16),
-        "bf16" | "bfloat16" => Ok(DType::BF16),
-        _ => Err(format!("'{s}' is not a dtype (f32, f16 or bf16)")),
-    }
+    s.parse::<DType>().map_err(|e| e.to_string())
 }
 
 /// Convert and print what was written.

@@ -39,6 +39,8 @@ pub struct Config {
     pub modes: Vec<Mode>,
     /// Kernel path.
     pub kernel: KernelChoice,
+    /// Precision of the packed dense weights.
+    pub weights: bnfold::DType,
     /// Measure each configuration for at least this long (after warm-up) ...
     pub min_time: Duration,
     /// ... and at least this many calls ...
@@ -56,6 +58,7 @@ impl Default for Config {
             threads: vec![1],
             modes: vec![Mode::Folded, Mode::Unfolded],
             kernel: KernelChoice::Auto,
+            weights: bnfold::DType::F32,
             min_time: Duration::from_millis(300),
             min_iters: 10,
             max_iters: 100_000,
@@ -71,6 +74,8 @@ pub struct Measurement {
     pub mode: &'static str,
     /// Kernel path (`avx512`, `avx2`, `portable`).
     pub kernel: &'static str,
+    /// Precision of the packed dense weights (`f32`, `f16`, `bf16`).
+    pub weights: &'static str,
     /// Rows per call.
     pub batch: usize,
     /// Pool size.
@@ -117,7 +122,10 @@ pub fn measure(model: &Model, cfg: &Config) -> Result<Vec<Measurement>, BenchErr
     }
     let mut out = Vec::new();
     for &mode in &cfg.modes {
-        let opts = Options::default().with_mode(mode).with_kernel(cfg.kernel);
+        let opts = Options::default()
+            .with_mode(mode)
+            .with_kernel(cfg.kernel)
+            .with_weights(cfg.weights);
         let plan = model.compile(&opts)?;
         for &threads in &cfg.threads {
             let pool = rayon::ThreadPoolBuilder::new()
@@ -150,6 +158,7 @@ pub fn measure(model: &Model, cfg: &Config) -> Result<Vec<Measurement>, BenchErr
                 out.push(Measurement {
                     mode: mode_name(mode),
                     kernel: plan.kernel_isa().name(),
+                    weights: cfg.weights.name(),
                     batch,
                     threads,
                     iters: times.len(),

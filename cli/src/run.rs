@@ -32,6 +32,9 @@ pub struct RunArgs {
     /// outputs; `nan` for a row whose outputs hold a NaN (it has no class).
     #[arg(long, conflicts_with = "output")]
     argmax: bool,
+    /// Precision of the packed dense weights: f32, f16 or bf16 (independent of the file's storage).
+    #[arg(long, default_value = "f32", value_parser = crate::convert::parse_dtype)]
+    weights: bnfold::DType,
     /// Run inputs that are NaN or infinite (by default each is an error naming its row and
     /// column). NaN propagates to its row's outputs.
     #[arg(long)]
@@ -53,7 +56,8 @@ pub fn run(a: &RunArgs) -> CliResult {
         Options::unfolded()
     } else {
         Options::folded()
-    };
+    }
+    .with_weights(a.weights);
     let plan = model.compile(&opts)?;
     drop(model);
     let mut session = plan.session();

@@ -32,11 +32,16 @@ pub struct VerifyArgs {
     scale: f32,
     /// Largest accepted error, relative to the largest reference magnitude of the same layer.
     ///
-    /// The default, 1e-4, is about 1700 f32 units in the last place: each folded weight is rounded
-    /// once (2^-24 relative) and a dot product of k terms adds up to k roundings, usually far
-    /// fewer, so errors above it mean a wrong result, not rounding.
-    #[arg(long, default_value_t = bnfold::verify::DEFAULT_TOLERANCE, value_parser = positive_f64)]
-    tolerance: f64,
+    /// The default with f32 weights, 1e-4, is about 1700 f32 units in the last place: each folded
+    /// weight is rounded once (2^-24 relative) and a dot product of k terms adds up to k roundings,
+    /// usually far fewer, so errors above it mean a wrong result, not rounding. With f16 or bf16
+    /// weights the default grows with their rounding: 4 unit roundoffs per dense layer
+    /// (bnfold::verify::default_tolerance).
+    #[arg(long, value_parser = positive_f64)]
+    tolerance: Option<f64>,
+    /// Precision of the packed dense weights of both plans: f32, f16 or bf16.
+    #[arg(long, default_value = "f32", value_parser = crate::convert::parse_dtype)]
+    weights: bnfold::DType,
     /// Kernel path of both plans (an unsupported one falls back to auto's).
     #[arg(long, default_value = "auto", value_parser = crate::kernel_names())]
     kernel: String,
@@ -119,13 +124,16 @@ pub fn run(a: &VerifyArgs) -> CliResult {
             )
         }
     };
-    let options = VerifyOptions::default()
-        .with_tolerance(a.tolerance)
-        .with_kernel(crate::kernel_choice(&a.kernel));
+    let mut options = VerifyOptions::default()
+        .with_kernel(crate::kernel_choice(&a.kernel))
+        .with_weights(a.weights);
+    if let Some(t) = a.tolerance {
+        options = options.with_tolerance(t);
+    }
     let r = bnfold::verify(&model, &x, rows, &options)?;
 
     outln!(
-        "{} rows ({}), tolerance {:e} on max abs error / max |reference| per layer",
+        "{} rows ({}), {} weights, tolerance {:e} on max abs error / max |reference| per layer",
         r.rows,
         match &a.input {
             Some(p) => p.display().to_string(),
@@ -134,6 +142,7 @@ pub fn run(a: &VerifyArgs) -> CliResult {
                 a.seed, a.scale, a.scale
             ),
         },
+        a.weights,
         r.tolerance
     );
     outln!(

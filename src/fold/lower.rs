@@ -17,12 +17,13 @@
 //! at inference, `gamma * (x - mean) / sqrt(var + eps) + beta` in f32, and an affine layer as its
 //! own per-feature `scale * x + shift` step in f32.
 
-use super::{Affine, FoldedDense, fold_dense};
+use super::{Affine, FoldedDense, fold_dense_to};
 use crate::activation::Activation;
 use crate::error::Result;
+use crate::format::DType;
 use crate::kernels::EpilogueOp;
 use crate::model::{LayerView, Model};
-use crate::plan::Mode;
+use crate::plan::{Mode, Options};
 
 /// What one lowered step computes.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,33 +63,52 @@ enum Token {
 /// error `emit` returns.
 pub fn lower(
     model: &Model,
-    mode: Mode,
+    options: &Options,
     emit: &mut dyn FnMut(LoweredStep) -> Result<()>,
 ) -> Result<()> {
-    match mode {
-        Mode::Folded => lower_folded(model, emit),
-        Mode::Unfolded => lower_unfolded(model, emit),
+    match options.mode {
+        Mode::Folded => lower_folded(model, options.weights, emit),
+        Mode::Unfolded => lower_unfolded(model, options.weights, emit),
     }
 }
 
-fn lower_unfolded(model: &Model, emit: &mut dyn FnMut(LoweredStep) -> Result<()>) -> Result<()> {
+fn lower_unfolded(
+    model: &Model,
+    weights: DType,
+    emit: &mut dyn FnMut(LoweredStep) -> Result<()>,
+) -> Result<()> {
     for index in 0..model.layers().len() {
         emit(LoweredStep {
-            op: unfolded_op(model, index)?,
+            op: unfolded_op(model, index, weights)?,
             last_layer: index,
         })?;
     }
     Ok(())
 }
 
-/// Layer `index` as the unfolded path computes it.
-fn unfolded_op(model: &Model, index: usize) -> Result<Lowered> {
+/// Layer `index` as the unfolded path computes it, dense weights rounded to `weights`.
+fn unfolded_op(model: &Model, index: usize, weights: DType) -> Result<Lowered> {
     Ok(match model.layer_view(index)? {
         LayerView::Dense(d) => {
+            let mut weight = d.weight.to_f32_vec();
+            if weights != DType::F32 {
+                for (i, w) in weight.iter_mut().enumerate() {
+                    *w = super::round_to(weights, f64::from(*w));
+                    if !w.is_finite() {
+                        return Err(model.layer_err(
+                            index,
+                            crate::error::LayerError::WeightOutOfRange {
+                                feature: i / d.inputs.max(1),
+                                dtype: weights.name(),
+                            },
+                        ));
+                    }
+                }
+            }
             let dense = FoldedDense {
                 inputs: d.inputs,
                 outputs: d.outputs,
-                weight: d.weight.to_f32_vec(),
+                weight,
                 bias: match d.bias {
                     Some(b) => b.to_f32_vec(),
                     None => vec![0.0; d.outputs],
@@ -126,7 +146,11 @@ fn unfolded_op(model: &Model, index: usize) -> Result<Lowered> {
     })
 }
 
-fn lower_folded(model: &Model, emit: &mut dyn FnMut(LoweredStep) -> Result<()>) -> Result<()> {
+fn lower_folded(
+    model: &Model,
+    weights: DType,
+    emit: &mut dyn FnMut(LoweredStep) -> Result<()>,
+) -> Result<()> {
     // 1. Tokens, with runs of consecutive BN layers composed into one affine map.
     let mut tokens: Vec<Token> = Vec::with_capacity(model.layers().len());
     for index in 0..model.layers().len() {
@@ -173,8 +197,8 @@ fn lower_folded(model: &Model, emit: &mut dyn FnMut(LoweredStep) -> Result<()>) 
                 let LayerView::Dense(dense) = model.layer_view(*index)? else {
                     unreachable!("Token::Dense is only made for dense layers");
                 };
-                let folded =
-                    fold_dense(&dense, pre, post).map_err(|e| model.layer_err(*index, e))?;
+                let folded = fold_dense_to(&dense, pre, post, weights)
+                    .map_err(|e| model.layer_err(*index, e))?;
                 // The folded copy is all the plan needs: let the OS drop the mapped weights.
                 model.release_layer_pages(*index);
                 emit(LoweredStep {
@@ -201,7 +225,7 @@ fn lower_folded(model: &Model, emit: &mut dyn FnMut(LoweredStep) -> Result<()>) 
                         // computation, so finite wherever the unfolded path is.
                         for index in *first..=*last {
                             emit(LoweredStep {
-                                op: unfolded_op(model, index)?,
+                                op: unfolded_op(model, index, weights)?,
                                 last_layer: index,
                             })?;
                         }

@@ -18,6 +18,7 @@
 //! per-feature affine op; the plan (`crate::plan`) packs what it produces for the kernels.
 
 use crate::error::LayerError;
+use crate::format::DType;
 use crate::model::{AffineView, BatchNormView, DenseView};
 
 /// A per-feature affine map `y = scale * x + shift`, in f64.
@@ -104,6 +105,21 @@ pub fn fold_dense(
     pre: Option<&Affine>,
     post: Option<&Affine>,
 ) -> Result<FoldedDense, LayerError> {
+    fold_dense_to(dense, pre, post, DType::F32)
+}
+
+/// [`fold_dense`] with the folded weights rounded once, from f64, to `weights` (f32, f16 or bf16;
+/// returned as the f32 values of the rounded numbers, which f32 holds exactly). The bias stays f32.
+///
+/// Fails with [`LayerError::WeightOutOfRange`] naming the output feature when a folded weight is
+/// beyond the target type's range (f16: 65504), and with [`LayerError::FoldOverflow`] when a
+/// folded value overflows f32.
+pub fn fold_dense_to(
+    dense: &DenseView,
+    pre: Option<&Affine>,
+    post: Option<&Affine>,
+    weights: DType,
+) -> Result<FoldedDense, LayerError> {
     let (inputs, outputs) = (dense.inputs, dense.outputs);
     let mut weight = Vec::with_capacity(outputs * inputs);
     let mut bias = Vec::with_capacity(outputs);
@@ -123,10 +139,16 @@ pub fn fold_dense(
             acc = acc * s + post.shift[o];
         }
         let start = weight.len();
-        weight.extend(row.iter().map(|&v| v as f32));
+        weight.extend(row.iter().map(|&v| round_to(weights, v)));
         bias.push(acc as f32);
-        if !(acc as f32).is_finite() || weight[start..].iter().any(|v| !v.is_finite()) {
+        if !(acc as f32).is_finite() || row.iter().any(|&v| !(v as f32).is_finite()) {
             return Err(LayerError::FoldOverflow { feature: o });
+        }
+        if weight[start..].iter().any(|v| !v.is_finite()) {
+            return Err(LayerError::WeightOutOfRange {
+                feature: o,
+                dtype: weights.name(),
+            });
         }
     }
     Ok(FoldedDense {
@@ -135,6 +157,39 @@ pub fn fold_dense(
         weight,
         bias,
     })
+}
+
+/// `v` rounded to the nearest number of `dtype` (ties to even), as an f32 (which holds every f16
+/// and bf16 exactly). Beyond the type's range the result is an infinity.
+///
+/// Rounded once: f64 is first rounded to f32 *to odd* (truncate, then set the last bit if anything
+/// was cut), which keeps 13 more bits than f16 and 16 more than bf16 with the sticky information, so
+/// the final round to nearest even is the correct rounding of `v` (the classic round-to-odd
+/// argument). Rounding f64 to f32 to nearest and then again to f16 could round twice the wrong
+/// way on a tie; truncating the low 32 bits of the f64 (as a bit-level conversion does) drops the
+/// sticky bits the tie-break needs.
+pub fn round_to(dtype: DType, v: f64) -> f32 {
+    match dtype {
+        DType::F32 => v as f32,
+        DType::F16 => half::f16::from_f32(to_f32_odd(v)).to_f32(),
+        DType::BF16 => half::bf16::from_f32(to_f32_odd(v)).to_f32(),
+    }
+}
+
+/// `v` rounded to f32 with round-to-odd: the f32 toward zero, with its last bit set if inexact.
+fn to_f32_odd(v: f64) -> f32 {
+    if !v.is_finite() {
+        return v as f32;
+    }
+    let mut f = v as f32;
+    if f64::from(f).abs() > v.abs() {
+        // Rounded away from zero: step one f32 toward zero (same sign, one smaller magnitude).
+        f = f32::from_bits(f.to_bits() - 1);
+    }
+    if f64::from(f) != v {
+        f = f32::from_bits(f.to_bits() | 1);
+    }
+    f
 }
 
 mod lower;

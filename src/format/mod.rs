@@ -10,6 +10,31 @@ mod writer;
 pub use reader::{Header, Parsed, TensorInfo, parse};
 pub use writer::{AffineTensors, BatchNormTensors, TensorId, Writer};
 
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a string does not name a dtype.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown dtype '{0}' (expected f32, f16 or bf16)")]
+pub struct ParseDTypeError(String);
+
+impl std::str::FromStr for DType {
+    type Err = ParseDTypeError;
+
+    /// `f32`, `f16` or `bf16` (case-insensitive; `float32`, `float16`, `bfloat16` too).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(DType::F32),
+            "f16" | "float16" | "half" => Ok(DType::F16),
+            "bf16" | "bfloat16" => Ok(DType::BF16),
+            _ => Err(ParseDTypeError(s.to_owned())),
+        }
+    }
+}
+
 /// Activations are stored by code; the type lives in [`crate::activation`].
 pub use crate::activation::Activation;
 
@@ -61,9 +86,10 @@ pub mod limits {
 }
 
 /// Storage type of a tensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum DType {
     /// IEEE 754 binary32.
+    #[default]
     F32,
     /// IEEE 754 binary16.
     F16,

@@ -582,3 +582,29 @@ fn bad_digits_data_is_a_typed_error() {
     std::fs::write(&bad, b"not gzip").expect("write");
     assert!(digits::load(&bad).is_err());
 }
+
+#[test]
+fn shipped_digits_model_gives_the_same_class_with_f16_and_bf16_weights() {
+    // Issue 12: half-precision packed weights must not change a single prediction of the shipped
+    // classifier on its 364 test images.
+    let model = Model::load(root().join("models/digits.bnw")).expect("models/digits.bnw loads");
+    let all = digits::load(&root().join(digits::DEFAULT_DATA)).expect("data");
+    let (_, test) = digits::split(&all);
+    let classes = |weights: bnfold::DType| {
+        let plan = model
+            .compile(&Options::folded().with_weights(weights))
+            .expect("compiles");
+        let y = plan
+            .session()
+            .run(&test.pixels, test.rows())
+            .expect("runs")
+            .to_vec();
+        digits::argmax_rows(&y, digits::CLASSES)
+    };
+    let want = classes(bnfold::DType::F32);
+    for weights in [bnfold::DType::F16, bnfold::DType::BF16] {
+        let got = classes(weights);
+        let differ: Vec<usize> = (0..want.len()).filter(|&i| got[i] != want[i]).collect();
+        assert!(differ.is_empty(), "{weights}: rows {differ:?} change class");
+    }
+}
