@@ -15,6 +15,7 @@ macro_rules! outln {
 mod bench;
 mod inspect;
 mod run;
+mod serve;
 mod train;
 mod verify;
 
@@ -52,6 +53,9 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Measure latency (p50, p99) and throughput, folded and unfolded.
     Bench(bench::BenchArgs),
+    /// Serve models over HTTP (TensorFlow Serving's REST API), with dynamic batching and reload on
+    /// SIGHUP.
+    Serve(serve::ServeArgs),
     /// Train a network with Batch Normalization and write it as a weight file.
     Train {
         #[command(subcommand)]
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Verify(args) => verify::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::Train { what } => train::run(&what).map(|()| ExitCode::SUCCESS),
     };
     match result {
