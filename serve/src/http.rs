@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::ser::{SerializeMap, SerializeSeq};
 use tokio::sync::oneshot;
@@ -44,6 +45,16 @@ fn respond(code: StatusCode, content_type: &'static str, body: Vec<u8>) -> Respo
     r
 }
 
+/// Bodies of requests that are answered without reading them (a wrong path or method) are read
+/// and dropped up to this length, so that the connection can go on; past it, it is closed.
+const DRAIN_BYTES: usize = 64 << 10;
+
+/// Close the connection after this answer.
+fn close(r: &mut Response<Body>) {
+    r.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+}
+
 fn json(code: StatusCode, value: &serde_json::Value) -> Response<Body> {
     match serde_json::to_vec(value) {
         Ok(body) => respond(code, "application/json", body),
@@ -66,9 +77,12 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
-    let path = req.uri().path().to_owned();
-    let response = if path == "/metrics" {
-        if req.method() == Method::GET {
+    let (parts, body) = req.into_parts();
+    // The body, until a handler reads it.
+    let mut body = Some(body);
+    let path = parts.uri.path();
+    let mut response = if path == "/metrics" {
+        if parts.method == Method::GET {
             respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -81,7 +95,7 @@ pub(crate) async fn handle(
             r
         }
     } else if let Some(rest) = path.strip_prefix("/v1/models/") {
-        let (model, response) = models(&app, rest, req).await;
+        let (model, response) = models(&app, rest, &parts, &mut body).await;
         app.metrics.request(model, response.status().as_u16());
         if let Some(m) = model
             && rest.ends_with(":predict")
@@ -94,16 +108,31 @@ pub(crate) async fn handle(
             StatusCode::NOT_FOUND,
             format!(
                 "no such path '{}': use POST /v1/models/NAME:predict, GET /v1/models/NAME or GET /metrics",
-                echo(&path)
+                echo(path)
             ),
         )
     };
+    // A body nobody read must be read before the connection can carry the next request; a long
+    // or slow one is not worth it: the connection is closed after this answer instead, and the
+    // header says so, so that clients do not send another request on it.
+    if let Some(body) = body {
+        let drain = Limited::new(body, DRAIN_BYTES.min(app.limits.max_body_bytes)).collect();
+        let drained = tokio::time::timeout(app.limits.request_timeout, drain).await;
+        if !matches!(drained, Ok(Ok(_))) {
+            close(&mut response);
+        }
+    }
     Ok(response)
 }
 
 /// `/v1/models/{name}` and `/v1/models/{name}:predict`; returns the model's index when the name
 /// is served, for the metrics.
-async fn models(app: &App, rest: &str, req: Request<Incoming>) -> (Option<usize>, Response<Body>) {
+async fn models(
+    app: &App,
+    rest: &str,
+    parts: &Parts,
+    body: &mut Option<Incoming>,
+) -> (Option<usize>, Response<Body>) {
     let (name, verb) = match rest.rsplit_once(':') {
         Some((name, verb)) => (name, Some(verb)),
         None => (rest, None),
@@ -123,10 +152,12 @@ async fn models(app: &App, rest: &str, req: Request<Incoming>) -> (Option<usize>
             ),
         );
     };
-    let method = req.method().clone();
-    let response = match (verb, method) {
+    let response = match (verb, parts.method.clone()) {
         (None, Method::GET) => json(StatusCode::OK, &app.models[m].status_json()),
-        (Some("predict"), Method::POST) => predict(app, m, req).await,
+        (Some("predict"), Method::POST) => match body.take() {
+            Some(b) => predict(app, m, parts, b).await,
+            None => error(StatusCode::INTERNAL_SERVER_ERROR, "the body was taken"),
+        },
         (Some("predict"), _) => {
             let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "use POST for :predict");
             r.headers_mut()
@@ -159,48 +190,55 @@ enum Parsed {
     Npy(npy::Matrix),
 }
 
-async fn predict(app: &App, m: usize, req: Request<Incoming>) -> Response<Body> {
+async fn predict(app: &App, m: usize, parts: &Parts, body: Incoming) -> Response<Body> {
     let limits = &app.limits;
-    let content_type = req
-        .headers()
+    let content_type = parts
+        .headers
         .get(CONTENT_TYPE)
         .map(|v| v.to_str().unwrap_or("?").to_ascii_lowercase());
     // TensorFlow Serving reads any body as JSON (`curl -d` sends form encoding): so does this
     // server, except a body declared or recognisably (by its magic bytes) `.npy`.
     let declared_npy = content_type.as_deref().is_some_and(|t| t.starts_with(NPY));
+    // The body is not read to its end: the connection closes after the answer.
     let too_long = || {
-        error(
+        let mut r = error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "the body is longer than the limit of {} bytes",
                 limits.max_body_bytes
             ),
-        )
+        );
+        close(&mut r);
+        r
     };
-    let claimed = req
-        .headers()
+    let claimed = parts
+        .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if claimed.is_some_and(|n| n > limits.max_body_bytes as u64) {
         return too_long();
     }
-    let collect = Limited::new(req.into_body(), limits.max_body_bytes).collect();
+    let collect = Limited::new(body, limits.max_body_bytes).collect();
     let body = match tokio::time::timeout(limits.request_timeout, collect).await {
         Err(_) => {
-            return error(
+            let mut r = error(
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
                     "the body did not arrive within {} s",
                     limits.request_timeout.as_secs_f64()
                 ),
             );
+            close(&mut r);
+            return r;
         }
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_long(),
         Ok(Err(e)) => {
-            return error(
+            let mut r = error(
                 StatusCode::BAD_REQUEST,
                 format!("reading the body: {}", echo(&e.to_string())),
             );
+            close(&mut r);
+            return r;
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
