@@ -4,7 +4,8 @@
 //! For each batching mode (`--modes 1000,0,off`: windows in microseconds, or off) it starts the `bnfold serve` binary on 127.0.0.1 (any
 //! free port), then for each model and each concurrency runs that many closed-loop clients for a
 //! fixed time, each sending one-row `{"instances": [[...]]}` requests and timing each answer; then
-//! stops the server with SIGTERM. Before the servers, it times the library called directly
+//! stops the server with SIGTERM. The server's own metrics give the mean rows per batch and the
+//! mean time a request spent in the server (from its handler's start to its answer). Before the servers, it times the library called directly
 //! (`OwnedSession::run`, one row, and a batch of `--max-batch` rows) in the same process, for the
 //! HTTP layer's overhead. Everything is bounded in time (`--seconds` per point) and count.
 //!
@@ -223,8 +224,9 @@ async fn get(c: &HttpClient, url: String) -> Result<Bytes, String> {
         .to_bytes())
 }
 
-/// `(sum, count)` of the server's batch-size histogram for `model`.
-async fn batch_totals(c: &HttpClient, addr: SocketAddr, model: &str) -> (f64, f64) {
+/// From the server's metrics for `model`: the sums and counts of its batch-size histogram and
+/// of its request-duration histogram (arrival at the handler to the answer).
+async fn server_totals(c: &HttpClient, addr: SocketAddr, model: &str) -> [f64; 4] {
     let page = get(c, format!("http://{addr}/metrics"))
         .await
         .unwrap_or_default();
@@ -234,10 +236,16 @@ async fn batch_totals(c: &HttpClient, addr: SocketAddr, model: &str) -> (f64, f6
             .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
             .unwrap_or(0.0)
     };
-    (
+    [
         find(format!("bnfold_batch_rows_sum{{model=\"{model}\"}}")),
         find(format!("bnfold_batch_rows_count{{model=\"{model}\"}}")),
-    )
+        find(format!(
+            "bnfold_request_duration_seconds_sum{{model=\"{model}\"}}"
+        )),
+        find(format!(
+            "bnfold_request_duration_seconds_count{{model=\"{model}\"}}"
+        )),
+    ]
 }
 
 struct Point {
@@ -246,6 +254,7 @@ struct Point {
     p50: f64,
     p99: f64,
     mean_batch: f64,
+    server_mean: f64,
 }
 
 /// `clients` closed-loop clients for `seconds` (after `warmup`), one row per request.
@@ -308,7 +317,7 @@ async fn run_point(
         })
         .collect();
     tokio::time::sleep_until(tokio::time::Instant::from_std(start)).await;
-    let before = batch_totals(&c, addr, model).await;
+    let before = server_totals(&c, addr, model).await;
     let mut all = Vec::new();
     let mut failed = 0;
     for t in tasks {
@@ -316,19 +325,23 @@ async fn run_point(
         all.extend(l);
         failed += f;
     }
-    let after = batch_totals(&c, addr, model).await;
+    let after = server_totals(&c, addr, model).await;
     all.sort_by(f64::total_cmp);
-    let batches = after.1 - before.1;
+    let delta = |i: usize, j: usize| {
+        let n = after[j] - before[j];
+        if n > 0.0 {
+            (after[i] - before[i]) / n
+        } else {
+            f64::NAN
+        }
+    };
     Point {
         failed,
         rps: all.len() as f64 / seconds,
         p50: pct(&all, 50.0),
         p99: pct(&all, 99.0),
-        mean_batch: if batches > 0.0 {
-            (after.0 - before.0) / batches
-        } else {
-            f64::NAN
-        },
+        mean_batch: delta(0, 1),
+        server_mean: delta(2, 3),
     }
 }
 
@@ -385,9 +398,17 @@ fn main() -> Result<(), String> {
         println!("\n## Through HTTP, batching {title}\n");
         eprintln!("starting bnfold serve (batching {title})");
         let server = Server::start(&a, mode)?;
-        println!("| model | clients | requests/s | p50 | p99 | failed | mean rows per batch |");
-        println!("|---|---:|---:|---:|---:|---:|---:|");
-        for ((name, _), &width) in a.models.iter().zip(&widths) {
+        println!(
+            "| model | clients | requests/s | p50 | p99 | failed | mean rows per batch | server-side mean |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        let mut adjacent = Vec::new();
+        for ((name, path), &width) in a.models.iter().zip(&widths) {
+            // The library again, right before this model's sweep (the server idle): the machine
+            // is shared, and its speed drifts over a run.
+            let one = direct(path, 1, 1, 1.0);
+            let many = direct(path, a.max_batch, 1, 1.0);
+            adjacent.push((name, one, many));
             for &clients in &a.concurrency {
                 let p = rt.block_on(run_point(
                     server.addr,
@@ -398,16 +419,34 @@ fn main() -> Result<(), String> {
                     a.seconds,
                 ));
                 println!(
-                    "| {name} | {clients} | {:.0} | {:.3} ms | {:.3} ms | {} | {:.1} |",
+                    "| {name} | {clients} | {:.0} | {:.3} ms | {:.3} ms | {} | {:.1} | {:.3} ms |",
                     p.rps,
                     p.p50 * 1e3,
                     p.p99 * 1e3,
                     p.failed,
-                    p.mean_batch
+                    p.mean_batch,
+                    p.server_mean * 1e3
                 );
             }
         }
         drop(server);
+        println!(
+            "\nThe library just before each model's sweep, one thread: 1 row per call, and {} rows.\n",
+            a.max_batch
+        );
+        println!(
+            "| model | 1 row: p50 | 1 row: rows/s | {} rows: rows/s |",
+            a.max_batch
+        );
+        println!("|---|---:|---:|---:|");
+        for (name, one, many) in adjacent {
+            println!(
+                "| {name} | {:.1} us | {:.0} | {:.0} |",
+                one.1 * 1e6,
+                one.0,
+                many.0
+            );
+        }
     }
     Ok(())
 }
