@@ -245,7 +245,10 @@ fn worker(scheduler: &Scheduler, metrics: &Metrics, models: usize) {
             .as_ref()
             .is_some_and(|s| Arc::ptr_eq(s.plan(), plan))
         {
-            sessions[m] = Some(plan.owned_session_with_capacity(scheduler.policy.max_batch));
+            // Buffers for a full batch up front (at most 1024 rows: a larger batch, or a request
+            // of more rows, grows them on its first run).
+            let rows = scheduler.policy.max_batch.min(1024);
+            sessions[m] = Some(plan.owned_session_with_capacity(rows));
         }
         let session = sessions[m].as_mut().expect("made above");
         let x: &[f32] = if jobs.len() == 1 {
@@ -309,4 +312,126 @@ pub fn gauges(scheduler: &Scheduler, versions: impl Iterator<Item = u64>) -> Vec
             version,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loaded(version: u64) -> Arc<Loaded> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.bnw");
+        let bytes = bnfold::synth::mlp(3, false, &[4], bnfold::Activation::Relu, 2, 1).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        Arc::new(crate::models::load_verified(&path, None, version).unwrap())
+    }
+
+    type Reply = oneshot::Receiver<Result<Answer, String>>;
+
+    fn job(l: &Arc<Loaded>, rows: usize, first: f32) -> (Job, Reply) {
+        let (reply, rx) = oneshot::channel();
+        let input = (0..rows * 3).map(|i| first + i as f32).collect();
+        let job = Job {
+            loaded: Arc::clone(l),
+            rows,
+            input,
+            queued_at: Instant::now(),
+            reply,
+        };
+        (job, rx)
+    }
+
+    fn scheduler(window_ms: u64, max_batch: usize) -> Arc<Scheduler> {
+        Arc::new(Scheduler::new(
+            1,
+            Policy {
+                batching: true,
+                window: Duration::from_millis(window_ms),
+                max_batch,
+                max_queue_rows: 100,
+            },
+        ))
+    }
+
+    #[test]
+    fn batches_close_at_the_window_or_when_full_and_keep_versions_and_rows_apart() {
+        let v1 = loaded(1);
+        let s = scheduler(300, 4);
+        // Queued before any worker runs: 5 one-row requests, then 2 on another version.
+        let t0 = Instant::now();
+        let mut rx = Vec::new();
+        for i in 0..5 {
+            let (j, r) = job(&v1, 1, 10.0 * i as f32);
+            s.submit(0, j).unwrap();
+            rx.push(r);
+        }
+        let v2 = loaded(2);
+        for i in 0..2 {
+            let (j, r) = job(&v2, 1, 100.0 + i as f32);
+            s.submit(0, j).unwrap();
+            rx.push(r);
+        }
+        let metrics = Arc::new(Metrics::new(vec!["m".into()]));
+        let workers = spawn_workers(1, 1, &s, &metrics).unwrap();
+        let answers: Vec<(Answer, Duration)> = rx
+            .into_iter()
+            .map(|r| (r.blocking_recv().unwrap().unwrap(), t0.elapsed()))
+            .collect();
+        // The first four fill a batch: they run without waiting for the window.
+        let batches: Vec<(usize, u64)> = answers
+            .iter()
+            .map(|(a, _)| (a.batch_rows, a.version))
+            .collect();
+        assert_eq!(
+            batches,
+            [(4, 1), (4, 1), (4, 1), (4, 1), (1, 1), (2, 2), (2, 2)]
+        );
+        // The fifth is alone on its version: it waited its window, and no longer than that by
+        // much (a generous bound: the machine is shared).
+        assert!(
+            answers[4].1 >= Duration::from_millis(300),
+            "{:?}",
+            answers[4].1
+        );
+        assert!(answers[4].1 < Duration::from_secs(3), "{:?}", answers[4].1);
+        // Each request got the outputs of its own row.
+        let plan1 = &v1.plan;
+        for (i, (a, _)) in answers.iter().enumerate().take(5) {
+            let x: Vec<f32> = (0..3).map(|k| 10.0 * i as f32 + k as f32).collect();
+            let want = plan1.session().run(&x, 1).unwrap().to_vec();
+            let close = a
+                .output
+                .iter()
+                .zip(&want)
+                .all(|(g, w)| (g - w).abs() <= 1e-5 * (1.0 + w.abs()));
+            assert!(a.output.len() == 2 && close, "{:?} != {want:?}", a.output);
+        }
+        s.close();
+        for w in workers {
+            w.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn abandoned_requests_are_not_run_and_full_queues_refuse() {
+        let v = loaded(1);
+        let s = scheduler(0, 8);
+        let (j, r) = job(&v, 2, 0.0);
+        s.submit(0, j).unwrap();
+        drop(r);
+        let (j, r) = job(&v, 1, 0.0);
+        s.submit(0, j).unwrap();
+        let (big, _r) = job(&v, 98, 0.0);
+        assert_eq!(s.submit(0, big), Err(Refused::Overloaded));
+        let metrics = Arc::new(Metrics::new(vec!["m".into()]));
+        let workers = spawn_workers(1, 1, &s, &metrics).unwrap();
+        assert_eq!(r.blocking_recv().unwrap().unwrap().batch_rows, 1);
+        s.close();
+        let (j, _r) = job(&v, 1, 0.0);
+        assert_eq!(s.submit(0, j), Err(Refused::ShuttingDown));
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert_eq!(s.depths(), [(0, 0)]);
+    }
 }
