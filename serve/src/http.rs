@@ -46,8 +46,10 @@ fn respond(code: StatusCode, content_type: &'static str, body: Vec<u8>) -> Respo
 }
 
 /// Bodies of requests that are answered without reading them (a wrong path or method) are read
-/// and dropped up to this length, so that the connection can go on; past it, it is closed.
+/// and dropped up to this length, so that the connection can go on; past it, it is closed...
 const DRAIN_BYTES: usize = 64 << 10;
+/// ... and for at most this long.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Close the connection after this answer.
 fn close(r: &mut Response<Body>) {
@@ -117,7 +119,9 @@ pub(crate) async fn handle(
     // header says so, so that clients do not send another request on it.
     if let Some(body) = body {
         let drain = Limited::new(body, DRAIN_BYTES.min(app.limits.max_body_bytes)).collect();
-        let drained = tokio::time::timeout(app.limits.request_timeout, drain).await;
+        // The answer waits for this: a second at most.
+        let patience = DRAIN_TIME.min(app.limits.request_timeout);
+        let drained = tokio::time::timeout(patience, drain).await;
         if !matches!(drained, Ok(Ok(_))) {
             close(&mut response);
         }
