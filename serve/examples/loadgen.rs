@@ -16,7 +16,8 @@
 //!     --concurrency 1,8,64,256 --seconds 5
 //! ```
 //!
-//! It prints Markdown tables (the ones in `docs/SERVING.md`).
+//! It prints Markdown tables (the ones in `docs/SERVING.md`), and exits non-zero if any request
+//! failed.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -390,6 +391,7 @@ fn main() -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    let mut failed = 0;
     for &mode in &a.modes {
         let title = match mode {
             Some(us) => format!("on (window {us} us, max {} rows)", a.max_batch),
@@ -427,6 +429,7 @@ fn main() -> Result<(), String> {
                     p.mean_batch,
                     p.server_mean * 1e3
                 );
+                failed += p.failed;
             }
         }
         drop(server);
@@ -447,6 +450,9 @@ fn main() -> Result<(), String> {
                 many.0
             );
         }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} requests failed"));
     }
     Ok(())
 }
