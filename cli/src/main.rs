@@ -16,6 +16,7 @@ mod bench;
 mod convert;
 mod inspect;
 mod run;
+mod serve;
 mod train;
 mod verify;
 
@@ -69,6 +70,9 @@ enum Command {
     },
     /// Measure latency (p50, p99) and throughput, folded and unfolded.
     Bench(bench::BenchArgs),
+    /// Serve models over HTTP (TensorFlow Serving's REST API), with dynamic batching and reload on
+    /// SIGHUP.
+    Serve(serve::ServeArgs),
     /// Train a network with Batch Normalization and write it as a weight file.
     Train {
         #[command(subcommand)]
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
             dtype,
         } => convert::run(&input, &output, arch.as_deref(), dtype),
         Command::Bench(args) => bench::run(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::Train { what } => train::run(&what).map(|()| ExitCode::SUCCESS),
     };
     match result {
