@@ -20,6 +20,8 @@
 use super::EpilogueOp;
 use super::isa::Isa;
 use super::simd::Simd;
+use super::vmath;
+use crate::activation::Activation;
 
 /// Batches up to this size take the small-batch (streaming, unpacked) path.
 pub(crate) const SMALL_BATCH: usize = 8;
@@ -241,10 +243,9 @@ pub(crate) type TileFn = unsafe fn(&TileArgs<'_>);
 
 /// Whether `op` can be applied to a vector of the tile in registers.
 fn in_registers(op: &EpilogueOp) -> bool {
-    use crate::format::Activation as A;
     match op {
-        EpilogueOp::Act(A::Identity | A::Relu | A::LeakyRelu { .. }) => true,
-        EpilogueOp::Act(_) => false,
+        // Every elementwise activation has a vector form (`vmath`); softmax is row-wise.
+        EpilogueOp::Act(a) => a.is_elementwise(),
         EpilogueOp::Affine { .. } | EpilogueOp::BatchNorm { .. } => true,
     }
 }
@@ -283,15 +284,12 @@ unsafe fn epilogue_vec<V: Simd>(
     n: usize,
     ops: &[EpilogueOp],
 ) -> V {
-    use crate::format::Activation as A;
     // SAFETY: bias is padded to whole vectors; per-feature vectors hold `col + n` values.
     unsafe {
         t = V::add(t, V::load(bias));
         for op in ops {
             t = match op {
-                EpilogueOp::Act(A::Relu) => t.relu(),
-                EpilogueOp::Act(A::LeakyRelu { alpha }) => t.where_negative_mul(V::splat(*alpha)),
-                EpilogueOp::Act(_) => t,
+                EpilogueOp::Act(a) => vmath::act::<V>(*a, t),
                 EpilogueOp::Affine { scale, shift } => V::fma(
                     load_n::<V>(scale.as_ptr().add(col), n),
                     t,
@@ -394,14 +392,40 @@ pub(crate) unsafe fn micro<V: Simd, const MV: usize, const NR: usize, const PACK
     }
 }
 
+/// The elementwise entry point of one ISA: an activation over a slice, in place.
+///
+/// # Safety
+/// The CPU supports the ISA.
+pub(crate) type ActFn = unsafe fn(Activation, &mut [f32]);
+
+/// The softmax entry point of one ISA: rows of `width` values, in place.
+///
+/// # Safety
+/// The CPU supports the ISA.
+pub(crate) type SoftmaxFn = unsafe fn(&mut [f32], usize);
+
+/// `e^x` over a slice, in place, on one ISA.
+///
+/// # Safety
+/// The CPU supports the ISA.
+pub(crate) type ExpFn = unsafe fn(&mut [f32]);
+
 /// The tile shapes of one ISA and its entry points (each ISA's file in `arch/` defines one).
 pub(crate) struct Family {
+    /// The ISA these entry points need.
+    pub(crate) isa: Isa,
     pub(crate) lanes: usize,
     /// Small-batch tiles, by rows `1..=SMALL_BATCH` (index 0 unused): rows handled per tile,
     /// vectors per tile, the `MV`-vector entry and the one-vector entry for the last panels.
     pub(crate) small: [(usize, usize, TileFn, TileFn); SMALL_BATCH + 1],
     /// Blocked path: `NR`, `MV`, the `MV`-vector entry and the one-vector entry.
     pub(crate) big: (usize, usize, TileFn, TileFn),
+    /// Elementwise activations over a slice ([`vmath::apply_slice`]).
+    pub(crate) act: ActFn,
+    /// Row-wise softmax ([`vmath::softmax_rows`]).
+    pub(crate) softmax: SoftmaxFn,
+    /// `e^x` over a slice ([`vmath::exp`], softmax's exponential), for measurement.
+    pub(crate) exp: ExpFn,
 }
 
 impl Family {
@@ -412,10 +436,11 @@ impl Family {
 }
 
 /// The tile table of an 8-lane, 16-register ISA (AVX2 and portable share shapes), over its entry
-/// point `$f::<MV, NR, PACKED>`.
+/// point `$f::<MV, NR, PACKED>`, with its elementwise entry points `$act`, `$soft` and `$exp`.
 macro_rules! family8 {
-    ($f:ident) => {
+    ($isa:expr, $f:ident, $act:ident, $soft:ident, $exp:ident) => {
         $crate::kernels::gemm::Family {
+            isa: $isa,
             lanes: 8,
             // rows 1: 8 accumulators (two FMA pipes x 4 cycles latency); 2: 4x2; 3-4: 2x4;
             // 5-6: 2x6 (BLIS's Haswell shape); 7-8: a 6-row tile and then the rest.
@@ -431,6 +456,9 @@ macro_rules! family8 {
                 (6, 2, $f::<2, 6, false>, $f::<1, 6, false>),
             ],
             big: (6, 2, $f::<2, 6, true>, $f::<1, 6, true>),
+            act: $act,
+            softmax: $soft,
+            exp: $exp,
         }
     };
 }
@@ -486,7 +514,7 @@ pub(crate) unsafe fn run_block(
         for r in r0..r0 + nrows {
             // SAFETY: row `r`, features `c0..c1` are inside this task's rectangle.
             let seg = unsafe { std::slice::from_raw_parts_mut(y.0.add(r * n + c0), c1 - c0) };
-            super::apply_epilogue(&ops[split..], seg, c0);
+            super::apply_epilogue_with(fam.isa, &ops[split..], seg, c0);
         }
     };
     let epi = |p: usize| Epi {
@@ -624,10 +652,10 @@ fn pack_x(
 }
 
 /// Scalar fallback for `k == 0`: the output is the bias, then the epilogue.
-pub(crate) fn bias_only(w: &Packed, batch: usize, y: &mut [f32], ops: &[EpilogueOp]) {
+pub(crate) fn bias_only(isa: Isa, w: &Packed, batch: usize, y: &mut [f32], ops: &[EpilogueOp]) {
     for row in y.chunks_exact_mut(w.n).take(batch) {
         row.copy_from_slice(&w.bias[..w.n]);
-        super::apply_epilogue(ops, row, 0);
+        super::apply_epilogue_with(isa, ops, row, 0);
     }
 }
 

@@ -8,8 +8,11 @@
 
 use std::arch::x86_64::*;
 
+use crate::activation::Activation;
 use crate::kernels::gemm::{Family, TileArgs, micro};
+use crate::kernels::isa::Isa;
 use crate::kernels::simd::{Simd, partial_to_array};
+use crate::kernels::vmath;
 
 /// Whether this CPU can run the path.
 pub(crate) fn is_supported() -> bool {
@@ -98,6 +101,47 @@ impl Simd for Avx2 {
         let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(self.0, zero);
         Avx2(_mm256_blendv_ps(self.0, zero, neg))
     }
+    type Mask = __m256;
+    #[inline(always)]
+    unsafe fn lt(a: Self, b: Self) -> __m256 {
+        _mm256_cmp_ps::<_CMP_LT_OQ>(a.0, b.0)
+    }
+    #[inline(always)]
+    unsafe fn select(m: __m256, t: Self, f: Self) -> Self {
+        Avx2(_mm256_blendv_ps(f.0, t.0, m))
+    }
+    #[inline(always)]
+    unsafe fn max(a: Self, b: Self) -> Self {
+        // VMAXPS returns the second operand when either is NaN: the trait's rule.
+        Avx2(_mm256_max_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn min(a: Self, b: Self) -> Self {
+        Avx2(_mm256_min_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn abs(self) -> Self {
+        Avx2(_mm256_andnot_ps(_mm256_set1_ps(-0.0), self.0))
+    }
+    #[inline(always)]
+    unsafe fn copysign(mag: Self, sign: Self) -> Self {
+        let s = _mm256_set1_ps(-0.0);
+        Avx2(_mm256_or_ps(
+            _mm256_andnot_ps(s, mag.0),
+            _mm256_and_ps(s, sign.0),
+        ))
+    }
+    #[inline(always)]
+    unsafe fn round(self) -> Self {
+        Avx2(_mm256_round_ps::<
+            { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+        >(self.0))
+    }
+    #[inline(always)]
+    unsafe fn pow2i(n: Self) -> Self {
+        let e = _mm256_add_epi32(_mm256_cvtps_epi32(n.0), _mm256_set1_epi32(127));
+        Avx2(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(e)))
+    }
 }
 
 /// AVX2 + FMA tiles.
@@ -111,5 +155,37 @@ unsafe fn tile<const MV: usize, const NR: usize, const P: bool>(t: &TileArgs<'_>
     unsafe { micro::<Avx2, MV, NR, P>(t) }
 }
 
+/// Elementwise activation entry point ([`vmath::apply_slice`] on this ISA's vectors).
+///
+/// # Safety
+/// The CPU has the features enabled below (checked by `Isa::is_supported` before the family is
+/// used).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn act(a: Activation, v: &mut [f32]) {
+    // SAFETY: forwarded contract.
+    unsafe { vmath::apply_slice::<Avx2>(a, v) }
+}
+
+/// Softmax entry point ([`vmath::softmax_rows`] on this ISA's vectors).
+///
+/// # Safety
+/// As [`act`].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax(v: &mut [f32], width: usize) {
+    // SAFETY: forwarded contract.
+    unsafe { vmath::softmax_rows::<Avx2>(v, width) }
+}
+
+/// `e^x` entry point ([`vmath::exp_slice`]).
+///
+/// # Safety
+/// As [`act`].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp(v: &mut [f32]) {
+    // SAFETY: forwarded contract.
+    unsafe { vmath::exp_slice::<Avx2>(v) }
+}
+
 /// The AVX2 tile shapes.
-pub(crate) static FAMILY: Family = crate::kernels::gemm::family8!(tile);
+pub(crate) static FAMILY: Family =
+    crate::kernels::gemm::family8!(Isa::Avx2, tile, act, softmax, exp);
