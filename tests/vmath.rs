@@ -23,8 +23,8 @@ fn bounds(f: Func) -> &'static [f64] {
     match f {
         // subnormal results, x < 0, x >= 0, overflow
         Func::Exp => &[1.0, 1.5, 1.5, 0.0],
-        // x < -0.625, |x| < 0.625, x >= 0.625
-        Func::Tanh => &[1.5, 1.0, 1.5],
+        // x < -1, [-1, 1), x >= 1
+        Func::Tanh => &[6.5, 4.0, 6.5],
         // subnormal results, x < 0, x >= 0
         Func::Sigmoid => &[1.0, 2.5, 1.5],
         // tail x < -5 (ulps of 2^-20 |x|), [-5, -1), [-1, 1), x >= 1
@@ -66,7 +66,7 @@ fn switch_points(f: Func) -> Vec<f32> {
             }
             v
         }
-        Func::Tanh => vec![0.0, 0.625, -0.625, 9.01, -9.01, 44.5, -44.5],
+        Func::Tanh => vec![0.0, 9.010_913, -9.010_913, 9.02, -9.02],
         Func::Sigmoid => vec![
             0.0,
             16.6,

@@ -188,9 +188,9 @@ pub fn region_bounds(f: Func) -> &'static [(&'static str, f32)] {
             ("x > 88.72 (overflow)", 88.722_84),
         ],
         Func::Tanh => &[
-            ("x < -0.625 (1 - 2/(e^2x + 1))", f32::NEG_INFINITY),
-            ("|x| < 0.625 (polynomial)", -0.625),
-            ("x >= 0.625", 0.625),
+            ("x < -1", f32::NEG_INFINITY),
+            ("-1 <= x < 1", -1.0),
+            ("x >= 1", 1.0),
         ],
         Func::Sigmoid => &[
             ("x < -87.3 (subnormal results)", f32::NEG_INFINITY),
