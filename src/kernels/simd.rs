@@ -69,6 +69,11 @@ pub(crate) trait Simd: Copy {
     /// `2^n` for lanes holding integers `n` in `[-126, 127]` (built in the exponent field:
     /// `(n + 127) << 23`). Other values give unspecified (but no undefined) results.
     unsafe fn pow2i(n: Self) -> Self;
+
+    /// An elementwise activation on every vector of `v` (`vmath::act_vecs`), as one call of a
+    /// function of the ISA's file that is not inlined: the micro-kernel's epilogue applies
+    /// tanh, sigmoid and the GELUs to a whole tile through it.
+    unsafe fn act_tile(a: crate::activation::Activation, v: &mut [Self]);
 }
 
 /// Copy `n < L` values through a stack buffer (the portable partial load).

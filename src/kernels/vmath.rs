@@ -255,22 +255,33 @@ pub(crate) unsafe fn gelu_tanh<V: Simd>(x: V) -> V {
     }
 }
 
-/// One elementwise activation on a vector (softmax, which is row-wise, and identity leave it).
+/// An elementwise activation on each vector of `v` (the match outside the loop).
 ///
 /// # Safety
 /// The CPU supports `V`.
 #[inline(always)]
-pub(crate) unsafe fn act<V: Simd>(a: Activation, x: V) -> V {
+pub(crate) unsafe fn act_vecs<V: Simd>(a: Activation, v: &mut [V]) {
+    /// `f` on every vector.
+    ///
+    /// # Safety
+    /// The CPU supports `V`.
+    #[inline(always)]
+    unsafe fn each<V: Simd, F: VecOp<V>>(v: &mut [V], f: F) {
+        for x in v.iter_mut() {
+            // SAFETY: the function contract.
+            *x = unsafe { f.call(*x) };
+        }
+    }
     // SAFETY: the function contract.
     unsafe {
         match a {
-            Activation::Identity | Activation::Softmax => x,
-            Activation::Relu => x.relu(),
-            Activation::LeakyRelu { alpha } => x.where_negative_mul(V::splat(alpha)),
-            Activation::Tanh => tanh(x),
-            Activation::Sigmoid => sigmoid(x),
-            Activation::GeluErf => gelu_erf(x),
-            Activation::GeluTanh => gelu_tanh(x),
+            Activation::Identity | Activation::Softmax => {}
+            Activation::Relu => each(v, Relu),
+            Activation::LeakyRelu { alpha } => each(v, Leaky(alpha)),
+            Activation::Tanh => each(v, Tanh),
+            Activation::Sigmoid => each(v, Sigmoid),
+            Activation::GeluErf => each(v, GeluErf),
+            Activation::GeluTanh => each(v, GeluTanh),
         }
     }
 }

@@ -117,6 +117,11 @@ impl Simd for Portable {
         let e = n.0.fast_round_int() + wide::i32x8::splat(127);
         Portable(bytemuck::cast::<wide::i32x8, wide::f32x8>(e << 23))
     }
+    #[inline(always)]
+    unsafe fn act_tile(a: Activation, v: &mut [Self]) {
+        // SAFETY: the portable vector runs on any CPU.
+        unsafe { act_tile(a, v) }
+    }
 }
 
 /// Portable tiles.
@@ -128,6 +133,15 @@ unsafe fn tile<const MV: usize, const NR: usize, const P: bool>(t: &TileArgs<'_>
     unsafe { micro::<Portable, MV, NR, P>(t) }
 }
 
+/// The micro-kernel epilogue's activation of a whole tile ([`Simd::act_tile`]), out of line.
+///
+/// # Safety
+/// As [`act`].
+#[inline(never)]
+unsafe fn act_tile(a: Activation, v: &mut [Portable]) {
+    // SAFETY: forwarded contract.
+    unsafe { vmath::act_vecs::<Portable>(a, v) }
+}
 /// Elementwise activation entry point ([`vmath::apply_slice`] on `wide` vectors).
 ///
 /// # Safety

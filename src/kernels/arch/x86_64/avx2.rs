@@ -142,6 +142,10 @@ impl Simd for Avx2 {
         let e = _mm256_add_epi32(_mm256_cvtps_epi32(n.0), _mm256_set1_epi32(127));
         Avx2(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(e)))
     }
+    #[inline(always)]
+    unsafe fn act_tile(a: Activation, v: &mut [Self]) {
+        act_tile(a, v)
+    }
 }
 
 /// AVX2 + FMA tiles.
@@ -155,6 +159,16 @@ unsafe fn tile<const MV: usize, const NR: usize, const P: bool>(t: &TileArgs<'_>
     unsafe { micro::<Avx2, MV, NR, P>(t) }
 }
 
+/// The micro-kernel epilogue's activation of a whole tile ([`Simd::act_tile`]), out of line.
+///
+/// # Safety
+/// As [`act`].
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+unsafe fn act_tile(a: Activation, v: &mut [Avx2]) {
+    // SAFETY: forwarded contract.
+    unsafe { vmath::act_vecs::<Avx2>(a, v) }
+}
 /// Elementwise activation entry point ([`vmath::apply_slice`] on this ISA's vectors).
 ///
 /// # Safety

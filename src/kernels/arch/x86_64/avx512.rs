@@ -136,6 +136,10 @@ impl Simd for Avx512 {
         let e = _mm512_add_epi32(_mm512_cvtps_epi32(n.0), _mm512_set1_epi32(127));
         Avx512(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(e)))
     }
+    #[inline(always)]
+    unsafe fn act_tile(a: Activation, v: &mut [Self]) {
+        act_tile(a, v)
+    }
 }
 
 /// AVX-512 tiles.
@@ -148,6 +152,16 @@ unsafe fn tile<const MV: usize, const NR: usize, const P: bool>(t: &TileArgs<'_>
     unsafe { micro::<Avx512, MV, NR, P>(t) }
 }
 
+/// The micro-kernel epilogue's activation of a whole tile ([`Simd::act_tile`]), out of line.
+///
+/// # Safety
+/// As [`act`].
+#[target_feature(enable = "avx512f")]
+#[inline(never)]
+unsafe fn act_tile(a: Activation, v: &mut [Avx512]) {
+    // SAFETY: forwarded contract.
+    unsafe { vmath::act_vecs::<Avx512>(a, v) }
+}
 /// Elementwise activation entry point ([`vmath::apply_slice`] on this ISA's vectors).
 ///
 /// # Safety
