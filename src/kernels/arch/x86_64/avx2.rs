@@ -11,12 +11,25 @@ use std::arch::x86_64::*;
 use crate::activation::Activation;
 use crate::kernels::gemm::{Family, TileArgs, micro};
 use crate::kernels::isa::Isa;
-use crate::kernels::simd::{Simd, partial_to_array};
+use crate::kernels::simd::Simd;
 use crate::kernels::vmath;
 
 /// Whether this CPU can run the path.
 pub(crate) fn is_supported() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// The lane mask of the first `n < 8` lanes (all bits set in each enabled lane), read from a
+/// sliding window over eight ones and eight zeros.
+///
+/// # Safety
+/// The CPU has AVX2 (the `Simd` contract); `n <= 8`.
+#[inline(always)]
+unsafe fn mask(n: usize) -> __m256i {
+    static WINDOW: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+    debug_assert!(n <= 8);
+    // SAFETY: `8 - n` in `0..=8`, so the eight values read are inside the 16-value window.
+    unsafe { _mm256_loadu_si256(WINDOW.as_ptr().add(8 - n.min(8)).cast()) }
 }
 
 /// AVX2 with FMA: eight lanes, 16 registers.
@@ -47,10 +60,9 @@ impl Simd for Avx2 {
     }
     #[inline(always)]
     unsafe fn load_partial(p: *const f32, n: usize) -> Self {
-        // SAFETY: trait contract; the portable helper reads only `n` values.
-        let buf = unsafe { partial_to_array::<8>(p, n) };
-        // SAFETY: `buf` holds eight f32.
-        Avx2(unsafe { _mm256_loadu_ps(buf.as_ptr()) })
+        // SAFETY: `mask(n)` enables the first `n < 8` lanes; VMASKMOVPS neither reads nor faults
+        // on the others, and the first `n` are valid (trait contract).
+        Avx2(unsafe { _mm256_maskload_ps(p, mask(n)) })
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
@@ -59,12 +71,8 @@ impl Simd for Avx2 {
     }
     #[inline(always)]
     unsafe fn store_partial(self, p: *mut f32, n: usize) {
-        let mut buf = [0.0f32; 8];
-        // SAFETY: `buf` holds eight f32; then only `n` values are copied to `p`.
-        unsafe {
-            _mm256_storeu_ps(buf.as_mut_ptr(), self.0);
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), p, n);
-        }
+        // SAFETY: as in `load_partial`: only the first `n` lanes are written.
+        unsafe { _mm256_maskstore_ps(p, mask(n), self.0) }
     }
     #[inline(always)]
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
