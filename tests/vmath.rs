@@ -21,15 +21,17 @@ use ulps::{Func, Worst};
 /// same on every path: the exhaustive sweep's maximum over the paths, rounded up.
 fn bounds(f: Func) -> &'static [f64] {
     match f {
-        // subnormal results, x < 0, x >= 0, overflow
+        // subnormal results, x < 0, x >= 0, overflow (measured: 0.78, 1.27, 1.28, 0)
         Func::Exp => &[1.0, 1.5, 1.5, 0.0],
-        // x < -1, [-1, 1), x >= 1
+        // x < -1, [-1, 1), x >= 1 (measured: 6.36, 3.71, 6.36)
         Func::Tanh => &[6.5, 4.0, 6.5],
-        // subnormal results, x < 0, x >= 0
-        Func::Sigmoid => &[1.0, 2.5, 1.5],
-        // tail x < -5 (ulps of 2^-20 |x|), [-5, -1), [-1, 1), x >= 1
-        Func::GeluErf => &[2.0, 4.5, 3.5, 2.0],
-        Func::GeluTanh => &[2.0, 23.0, 3.0, 2.0],
+        // subnormal results, x < 0, x >= 0 (measured: 0.78, 2.64, 1.50)
+        Func::Sigmoid => &[1.0, 3.0, 2.0],
+        // tail x < -5 (ulps of 2^-20 |x|), [-5, -1), [-1, 1), x >= 1 (measured: 0.83, 5.70, 3.42,
+        // 1.79)
+        Func::GeluErf => &[1.0, 6.0, 3.5, 2.0],
+        // (measured: 1.08, 25.7, 3.34, 2.24)
+        Func::GeluTanh => &[1.5, 26.0, 3.5, 2.5],
     }
 }
 

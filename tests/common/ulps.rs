@@ -52,12 +52,13 @@ impl Func {
         }
     }
 
-    /// The useful range: exp from its first zero result to its overflow, the others [-20, 20]
-    /// (tanh and sigmoid are +-1, 0 or 1 in f32 beyond +-9 and +-17 on the saturated sides; the
-    /// GELUs are `x` or below 1e-80 beyond).
+    /// The useful range: exp from its first zero result to its overflow, sigmoid from its first
+    /// zero result to 20 (1 in f32 from 16.7), tanh and the GELUs [-20, 20] (tanh is +-1 in f32
+    /// beyond +-9.01; the GELUs are `x` or below 1e-80 in magnitude beyond).
     pub fn range(self) -> (f32, f32) {
         match self {
             Func::Exp => (-104.0, 89.0),
+            Func::Sigmoid => (-104.0, 20.0),
             _ => (-20.0, 20.0),
         }
     }
