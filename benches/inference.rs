@@ -3,7 +3,7 @@
 //!
 //! Networks: seeded synthetic ones written with `bnfold::format::Writer` at bench time (never
 //! committed) -- `tutorial` (1 -> BN -> 7 x 30 Dense+BN+ReLU -> 1, the shape of the lesson's
-//! network), `wide` (784 -> 3 x 1024 Dense+BN+ReLU -> 10) and `big` (4096 -> 4 x 4096
+//! network), `tutorial_tanh` (the same with tanh, the lesson's activation), `wide` (784 -> 3 x 1024 Dense+BN+ReLU -> 10) and `big` (4096 -> 4 x 4096
 //! Dense+BN+ReLU -> 4096) -- plus every `models/*.bnw` in the repository.
 //!
 //! `BNFOLD_BENCH_PAIRED=1` adds an interleaved folded/unfolded comparison (see [`paired`]).
@@ -38,27 +38,30 @@ fn networks() -> Vec<(String, Model, Vec<usize>)> {
     } else {
         vec![1, 8, 64]
     };
-    // (name, inputs, BN on the input, hidden widths, outputs, batch sizes)
-    type Spec = (&'static str, usize, bool, Vec<usize>, usize, Vec<usize>);
-    let specs: [Spec; 3] = [
-        ("tutorial", 1, true, vec![30; 7], 1, all.clone()),
-        ("wide", 784, false, vec![1024; 3], 10, all.clone()),
-        ("big", 4096, false, vec![4096; 4], 4096, big_batches),
+    use bnfold::Activation::{Relu, Tanh};
+    // (name, inputs, BN on the input, hidden widths, activation, outputs, batch sizes)
+    type Spec = (
+        &'static str,
+        usize,
+        bool,
+        Vec<usize>,
+        bnfold::Activation,
+        usize,
+        Vec<usize>,
+    );
+    let specs: [Spec; 4] = [
+        ("tutorial", 1, true, vec![30; 7], Relu, 1, all.clone()),
+        ("tutorial_tanh", 1, true, vec![30; 7], Tanh, 1, all.clone()),
+        ("wide", 784, false, vec![1024; 3], Relu, 10, all.clone()),
+        ("big", 4096, false, vec![4096; 4], Relu, 4096, big_batches),
     ];
     let mut out = Vec::new();
-    for (name, input, input_bn, hidden, output, batches) in specs {
+    for (name, input, input_bn, hidden, act, output, batches) in specs {
         if !wanted(name) {
             continue;
         }
-        let bytes = bnfold::synth::mlp(
-            input,
-            input_bn,
-            &hidden,
-            bnfold::Activation::Relu,
-            output,
-            42,
-        )
-        .unwrap_or_else(|e| panic!("writing {name}: {e}"));
+        let bytes = bnfold::synth::mlp(input, input_bn, &hidden, act, output, 42)
+            .unwrap_or_else(|e| panic!("writing {name}: {e}"));
         let model = Model::from_bytes(&bytes).unwrap_or_else(|e| panic!("loading {name}: {e}"));
         out.push((name.to_owned(), model, batches));
     }

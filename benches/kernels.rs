@@ -8,6 +8,10 @@
 //! - `sgemm`: square products with prepacked weights, every supported ISA, 1 and 2 threads, and
 //!   the `matrixmultiply` crate (single thread) on the same shapes;
 //! - `mlp`: dense-layer shapes (30x30, 784x1024, 1024x1024, 4096x4096) at batch 1..1024, best ISA.
+//! - `activation`: tanh, sigmoid, both GELUs, exp and softmax over slices (elements per second),
+//!   the scalar forms (`apply_scalar`, one libm call per element) against the vector code on
+//!   every supported ISA, at 4096 elements (L1-resident) and on short slices (7 and 30);
+//!   softmax over rows of 30 values.
 //!
 //! - `paired` (not a criterion group; `BNFOLD_BENCH_PAIRED=1`): SGEMM as a fraction of the
 //!   peak measured right before it, 1 and 2 threads (see [`paired`]).
@@ -19,8 +23,10 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use bnfold::Activation;
+use bnfold::kernels::activation as act;
 use bnfold::kernels::{DenseKernel, Isa, KernelChoice};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group};
 
 fn quick() -> bool {
     std::env::var("BNFOLD_BENCH_QUICK").is_ok_and(|v| v == "1")
@@ -316,6 +322,53 @@ fn bench_mlp(c: &mut Criterion) {
     g.finish();
 }
 
+// ---------------------------------------------------------------------------------------------
+// Activations over slices: scalar forms against the vector code per ISA. Each iteration gets a
+// fresh copy of the inputs (not timed), so the values stay in [-5, 5] and never drift towards
+// the saturated or special-value regions.
+
+fn bench_activation(c: &mut Criterion) {
+    let mut g = c.benchmark_group("activation");
+    g.measurement_time(Duration::from_secs(1))
+        .warm_up_time(Duration::from_millis(300));
+    let funcs: [(&str, Option<Activation>); 6] = [
+        ("tanh", Some(Activation::Tanh)),
+        ("sigmoid", Some(Activation::Sigmoid)),
+        ("gelu_erf", Some(Activation::GeluErf)),
+        ("gelu_tanh", Some(Activation::GeluTanh)),
+        ("exp", None),
+        ("softmax", Some(Activation::Softmax)),
+    ];
+    for len in [4096usize, 30, 7] {
+        let src: Vec<f32> = seeded(len, 8).iter().map(|v| v * 10.0).collect();
+        g.throughput(Throughput::Elements(len as u64));
+        for (name, a) in funcs {
+            // Softmax rows of 30 (of 7 at length 7); at 4096 the last 16 values are no row.
+            let width = len.min(30);
+            let run_scalar = |v: &mut Vec<f32>| match a {
+                Some(Activation::Softmax) => act::softmax_rows_scalar(v, width),
+                Some(a) => act::apply_scalar(a, v),
+                None => v.iter_mut().for_each(|x| *x = x.exp()),
+            };
+            g.bench_function(BenchmarkId::new(format!("{name}/scalar"), len), |b| {
+                b.iter_batched_ref(|| src.clone(), run_scalar, BatchSize::SmallInput)
+            });
+            for isa in Isa::supported() {
+                let ch = KernelChoice::Force(isa);
+                let run = |v: &mut Vec<f32>| match a {
+                    Some(Activation::Softmax) => act::softmax_rows_with(ch, v, width),
+                    Some(a) => act::apply_with(ch, a, v),
+                    None => act::exp_with(ch, v),
+                };
+                g.bench_function(BenchmarkId::new(format!("{name}/{isa}"), len), |b| {
+                    b.iter_batched_ref(|| src.clone(), run, BatchSize::SmallInput)
+                });
+            }
+        }
+    }
+    g.finish();
+}
+
 fn bench_membw_if_supported(c: &mut Criterion) {
     #[cfg(target_arch = "x86_64")]
     if !std::arch::is_x86_feature_detected!("avx") {
@@ -329,7 +382,8 @@ criterion_group!(
     bench_peak,
     bench_membw_if_supported,
     bench_sgemm,
-    bench_mlp
+    bench_mlp,
+    bench_activation
 );
 
 /// Best of `n` timings of `f`, seconds.

@@ -106,7 +106,9 @@ impl Activation {
     /// and returns `x` here (see [`crate::reference`] for the row-wise form).
     ///
     /// NaN propagates through every function (as in PyTorch): ReLU is written as a comparison,
-    /// not `max`, which would turn NaN into 0.
+    /// not `max`, which would turn NaN into 0. Infinities give the limits: `tanh(+-inf) = +-1`,
+    /// `sigmoid(-inf) = 0`, `sigmoid(+inf) = 1`, `gelu(+inf) = +inf` and `gelu(-inf) = -0` (the
+    /// GELU formulas would give `-inf * 0 = NaN` there, so that point is stated explicitly).
     pub fn eval_f64(self, x: f64) -> f64 {
         match self {
             Activation::Identity | Activation::Softmax => x,
@@ -126,6 +128,8 @@ impl Activation {
             }
             Activation::Tanh => x.tanh(),
             Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            // At -inf the formulas give -inf * 0 = NaN; the function's limit there is -0.
+            Activation::GeluErf | Activation::GeluTanh if x == f64::NEG_INFINITY => -0.0,
             Activation::GeluErf => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
             Activation::GeluTanh => {
                 let c = (2.0 / std::f64::consts::PI).sqrt();

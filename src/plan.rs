@@ -94,6 +94,9 @@ struct Step {
     width: usize,
     /// Index of the last model layer whose output this step produces.
     last_layer: usize,
+    /// The plan's instruction-set path, resolved at compile time (`Force` of a supported path),
+    /// for the elementwise and softmax steps (dense kernels hold their own).
+    kernel: KernelChoice,
 }
 
 /// A compiled network: immutable, `Send + Sync`, shareable across threads.
@@ -159,6 +162,7 @@ impl Plan {
         // applied while the tile is hot); the unfolded path keeps every layer its own pass, as a
         // framework runs it.
         let fuse = options.mode == Mode::Folded;
+        let kernel = KernelChoice::Force(options.kernel.resolve());
         lower(model, options, &mut |s: LoweredStep| {
             match s.op {
                 Lowered::Dense(d) => {
@@ -176,6 +180,7 @@ impl Plan {
                         },
                         width,
                         last_layer: s.last_layer,
+                        kernel,
                     });
                 }
                 Lowered::Elementwise(op) => {
@@ -192,6 +197,7 @@ impl Plan {
                             op: Op::Elementwise(vec![op]),
                             width,
                             last_layer: s.last_layer,
+                            kernel,
                         });
                     }
                 }
@@ -199,6 +205,7 @@ impl Plan {
                     op: Op::Softmax,
                     width,
                     last_layer: s.last_layer,
+                    kernel,
                 }),
             }
             Ok(())
@@ -356,8 +363,8 @@ impl Step {
     fn apply_in_place(&self, v: &mut [f32]) -> bool {
         match &self.op {
             Op::Dense { .. } => return false,
-            Op::Elementwise(ops) => kernels::elementwise(ops, v, self.width),
-            Op::Softmax => kernels::activation::softmax_rows(v, self.width),
+            Op::Elementwise(ops) => kernels::elementwise_with(self.kernel, ops, v, self.width),
+            Op::Softmax => kernels::activation::softmax_rows_with(self.kernel, v, self.width),
         }
         true
     }

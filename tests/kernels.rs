@@ -395,34 +395,34 @@ fn zero_inputs_give_the_bias() {
 }
 
 /// The standalone elementwise passes (the unfolded plan's BN and activation steps) against the
-/// f64 reference, over lengths that leave every tail size of the 8-lane loop, with NaN, +-inf and
-/// -0 among the values. ReLU and leaky ReLU are exact (a select, or one multiply by alpha, the
-/// same rounding in f32 and in the f64 reference rounded back); affine and BN are a few f32
-/// roundings of O(10) values: 1e-5 relative tolerance.
+/// f64 reference, on every path, over lengths that leave every tail size of the 8- and 16-lane
+/// loops, with NaN, +-inf and -0 among the values. ReLU and leaky ReLU are exact (a select, or
+/// one multiply by alpha, the same rounding in f32 and in the f64 reference rounded back); affine
+/// and BN are a few f32 roundings of O(10) values: 1e-5 relative tolerance.
 #[test]
 fn elementwise_passes_match_reference_with_special_values() {
     let mut g = Gen::new(13);
-    for len in 1..=19 {
+    for (len, isa) in (1..=35).flat_map(|l| Isa::supported().into_iter().map(move |i| (l, i))) {
         let mut v: Vec<f32> = g.vec(len, Gen::uniform).iter().map(|x| x * 10.0).collect();
         let specials = [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, -0.0];
         v[len / 2] = specials[len % 4];
         let ops = epilogues(len, &mut g);
         for op_list in &ops {
             let mut got = v.clone();
-            bnfold::kernels::elementwise(op_list, &mut got, len);
+            bnfold::kernels::elementwise_with(KernelChoice::Force(isa), op_list, &mut got, len);
             for (j, (&got, &x)) in got.iter().zip(&v).enumerate() {
                 let want = op_list
                     .iter()
                     .fold(x as f64, |y, op| reference_op(op, y, j));
                 if want.is_nan() {
-                    assert!(got.is_nan(), "{op_list:?} len {len} at {j}: {got}");
+                    assert!(got.is_nan(), "{isa} {op_list:?} len {len} at {j}: {got}");
                 } else if want.is_infinite() {
-                    assert_eq!(got as f64, want, "{op_list:?} len {len} at {j}");
+                    assert_eq!(got as f64, want, "{isa} {op_list:?} len {len} at {j}");
                 } else {
                     let tol = 1e-5 * want.abs().max(1.0);
                     assert!(
                         (got as f64 - want).abs() <= tol,
-                        "{op_list:?} len {len} at {j}: {got} vs {want}"
+                        "{isa} {op_list:?} len {len} at {j}: {got} vs {want}"
                     );
                 }
             }

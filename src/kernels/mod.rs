@@ -3,13 +3,15 @@
 //! The dense kernel owns its weights, packed once (when the plan is compiled) into the panel layout
 //! of the micro-kernel of the best instruction set this CPU has (AVX-512F, AVX2+FMA, or the
 //! portable `wide` path; see [`Isa`] and [`KernelChoice`]). The bias and the elementwise epilogue
-//! (ReLU, leaky ReLU, affine, BN) are applied to each tile in registers before it is stored;
-//! transcendental activations run on the stored tile while it is still in L1.
+//! (every activation but softmax, affine, BN) are applied to each tile in registers before it is
+//! stored; the transcendental functions are vector code (`vmath.rs`) written once over the same
+//! vector trait as the micro-kernel.
 //!
 //! Layout: `gemm.rs` holds the packed weights, the one micro-kernel body (generic over the
 //! `simd` vector trait) and the drivers; `arch/` holds one file per instruction set (its vector
 //! type, its `#[target_feature]` entry point, its tile shapes, its detection) and the dispatch
-//! from [`Isa`]; `isa.rs` the choice of path; `activation.rs` the elementwise functions.
+//! from [`Isa`]; `isa.rs` the choice of path; `vmath.rs` the vector math (exp, tanh, sigmoid,
+//! erf, GELU, softmax); `activation.rs` the public elementwise entry points.
 //!
 //! Large layers use the current rayon pool: run inference inside `pool.install(|| ...)` to use a
 //! pool of your own. Small layers (below [`PARALLEL_MIN_MACS`]) never touch a pool.
@@ -20,6 +22,7 @@ mod gemm;
 mod gemv;
 mod isa;
 mod simd;
+mod vmath;
 
 use rayon::prelude::*;
 use wide::f32x8;
@@ -55,11 +58,19 @@ pub enum EpilogueOp {
 }
 
 impl EpilogueOp {
-    /// Apply to `v`, the outputs for features `col0 .. col0 + v.len()` of one row.
+    /// Apply to `v`, the outputs for features `col0 .. col0 + v.len()` of one row (activations
+    /// on the path [`KernelChoice::Auto`] resolves to).
     #[inline]
     pub fn apply(&self, v: &mut [f32], col0: usize) {
+        self.apply_with(KernelChoice::Auto.resolve(), v, col0);
+    }
+
+    /// [`EpilogueOp::apply`] with the activations on `isa`, which must be supported (a resolved
+    /// path).
+    #[inline]
+    fn apply_with(&self, isa: Isa, v: &mut [f32], col0: usize) {
         match self {
-            EpilogueOp::Act(a) => activation::apply(*a, v),
+            EpilogueOp::Act(a) => activation::apply_resolved(isa, *a, v),
             EpilogueOp::Affine { scale, shift } => {
                 let n = v.len();
                 let (s, t) = (&scale[col0..col0 + n], &shift[col0..col0 + n]);
@@ -134,8 +145,14 @@ fn zip3_x8(
 /// Apply a list of epilogue ops, in order, to a segment of a row.
 #[inline]
 pub fn apply_epilogue(ops: &[EpilogueOp], v: &mut [f32], col0: usize) {
+    apply_epilogue_with(KernelChoice::Auto.resolve(), ops, v, col0);
+}
+
+/// [`apply_epilogue`] on `isa`, a resolved (supported) path.
+#[inline]
+fn apply_epilogue_with(isa: Isa, ops: &[EpilogueOp], v: &mut [f32], col0: usize) {
     for op in ops {
-        op.apply(v, col0);
+        op.apply_with(isa, v, col0);
     }
 }
 
@@ -276,7 +293,7 @@ impl DenseKernel {
             Weights::Rows(r) => return self.forward_rows(fam, r, x, batch, y, epilogue),
         };
         if k == 0 {
-            gemm::bias_only(packed, batch, y, epilogue);
+            gemm::bias_only(self.isa, packed, batch, y, epilogue);
             return;
         }
         let out = OutPtr(y.as_mut_ptr());
@@ -377,10 +394,23 @@ fn check_epilogue(ops: &[EpilogueOp], n: usize) {
     }
 }
 
-/// Apply elementwise ops to a `[batch, width]` buffer in place.
+/// Apply elementwise ops to a `[batch, width]` buffer in place (activations on the path
+/// [`KernelChoice::Auto`] resolves to).
 pub fn elementwise(ops: &[EpilogueOp], v: &mut [f32], width: usize) {
+    elementwise_with(KernelChoice::Auto, ops, v, width);
+}
+
+/// [`elementwise`] with the activations on the path `choice` resolves to (a plan passes its own).
+pub fn elementwise_with(choice: KernelChoice, ops: &[EpilogueOp], v: &mut [f32], width: usize) {
+    let isa = choice.resolve();
+    if let [EpilogueOp::Act(a)] = ops {
+        // One activation (the unfolded path's activation steps): the whole buffer in one pass.
+        let rows = v.len() / width;
+        activation::apply_resolved(isa, *a, &mut v[..rows * width]);
+        return;
+    }
     for row in v.chunks_exact_mut(width) {
-        apply_epilogue(ops, row, 0);
+        apply_epilogue_with(isa, ops, row, 0);
     }
 }
 

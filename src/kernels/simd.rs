@@ -45,6 +45,35 @@ pub(crate) trait Simd: Copy {
     /// Lanes with `x < 0` replaced by 0; others (and NaN) unchanged (ReLU). A compare-and-select
     /// rather than `max`, so that NaN propagates, and not `x * 0`, which is NaN at `-inf`.
     unsafe fn relu(self) -> Self;
+
+    // The primitives of the vector math in `vmath.rs` (exp, tanh, sigmoid, the normal CDF).
+
+    /// A lane mask, the result of a comparison.
+    type Mask: Copy;
+    /// Lanes where `a < b` (ordered: false where either is NaN).
+    unsafe fn lt(a: Self, b: Self) -> Self::Mask;
+    /// `t` where `m` is set, else `f`.
+    unsafe fn select(m: Self::Mask, t: Self, f: Self) -> Self;
+    /// `a > b ? a : b` per lane (the x86 `max` rule): where either is NaN the result is `b`, so
+    /// `max(lo, x)` clamps `x` from below and passes a NaN `x` through.
+    unsafe fn max(a: Self, b: Self) -> Self;
+    /// `a < b ? a : b` per lane: `min(hi, x)` clamps `x` from above and passes a NaN `x` through.
+    unsafe fn min(a: Self, b: Self) -> Self;
+    /// `|x|` (the sign bit cleared; NaN stays NaN).
+    unsafe fn abs(self) -> Self;
+    /// `mag` with its sign bit replaced by the sign bit of `sign`.
+    unsafe fn copysign(mag: Self, sign: Self) -> Self;
+    /// The nearest integer (ties to even on the x86 paths, away from zero on the portable one;
+    /// callers only need an integer within 1/2 of `x`). NaN stays NaN; `|x|` below 2^23 only.
+    unsafe fn round(self) -> Self;
+    /// `2^n` for lanes holding integers `n` in `[-126, 127]` (built in the exponent field:
+    /// `(n + 127) << 23`). Other values give unspecified (but no undefined) results.
+    unsafe fn pow2i(n: Self) -> Self;
+
+    /// An elementwise activation on every vector of `v` (`vmath::act_vecs`), as one call of a
+    /// function of the ISA's file that is not inlined: the micro-kernel's epilogue applies
+    /// tanh, sigmoid and the GELUs to a whole tile through it.
+    unsafe fn act_tile(a: crate::activation::Activation, v: &mut [Self]);
 }
 
 /// Copy `n < L` values through a stack buffer (the portable partial load).

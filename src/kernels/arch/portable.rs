@@ -2,9 +2,12 @@
 //! a default x86-64 build, NEON on aarch64, scalar elsewhere). Runs on every target; the fallback
 //! when no runtime-detected path is supported.
 
+use crate::activation::Activation;
 use crate::kernels::gemm::{Family, TileArgs, micro};
 use crate::kernels::gemv::RowArgs;
+use crate::kernels::isa::Isa;
 use crate::kernels::simd::{Simd, partial_to_array};
+use crate::kernels::vmath;
 
 /// The portable vector: `wide::f32x8`, whose instructions are chosen at compile time.
 #[derive(Clone, Copy)]
@@ -78,6 +81,48 @@ impl Simd for Portable {
         let neg = self.0.simd_lt(wide::f32x8::ZERO);
         Portable(neg.bitselect(wide::f32x8::ZERO, self.0))
     }
+    /// All bits set in the lanes where the comparison holds (`wide`'s mask form).
+    type Mask = wide::f32x8;
+    #[inline(always)]
+    unsafe fn lt(a: Self, b: Self) -> wide::f32x8 {
+        a.0.simd_lt(b.0)
+    }
+    #[inline(always)]
+    unsafe fn select(m: wide::f32x8, t: Self, f: Self) -> Self {
+        Portable(m.bitselect(t.0, f.0))
+    }
+    #[inline(always)]
+    unsafe fn max(a: Self, b: Self) -> Self {
+        // Written as the compare and select of the trait's rule (`wide::max` treats NaN otherwise).
+        Portable(b.0.simd_lt(a.0).bitselect(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn min(a: Self, b: Self) -> Self {
+        Portable(a.0.simd_lt(b.0).bitselect(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn abs(self) -> Self {
+        Portable(self.0.abs())
+    }
+    #[inline(always)]
+    unsafe fn copysign(mag: Self, sign: Self) -> Self {
+        let s = wide::f32x8::splat(-0.0);
+        Portable((mag.0 & !s) | (sign.0 & s))
+    }
+    #[inline(always)]
+    unsafe fn round(self) -> Self {
+        Portable(self.0.round())
+    }
+    #[inline(always)]
+    unsafe fn pow2i(n: Self) -> Self {
+        let e = n.0.fast_round_int() + wide::i32x8::splat(127);
+        Portable(bytemuck::cast::<wide::i32x8, wide::f32x8>(e << 23))
+    }
+    #[inline(always)]
+    unsafe fn act_tile(a: Activation, v: &mut [Self]) {
+        // SAFETY: the portable vector runs on any CPU.
+        unsafe { act_tile(a, v) }
+    }
 }
 
 /// Portable tiles.
@@ -98,5 +143,42 @@ unsafe fn rows(t: &RowArgs<'_>) {
     unsafe { crate::kernels::gemv::rows::<Portable>(t) }
 }
 
+/// The micro-kernel epilogue's activation of a whole tile ([`Simd::act_tile`]), out of line.
+///
+/// # Safety
+/// As [`act`].
+#[inline(never)]
+unsafe fn act_tile(a: Activation, v: &mut [Portable]) {
+    // SAFETY: forwarded contract.
+    unsafe { vmath::act_vecs::<Portable>(a, v) }
+}
+/// Elementwise activation entry point ([`vmath::apply_slice`] on `wide` vectors).
+///
+/// # Safety
+/// None beyond the slice (any CPU); `unsafe` for the common entry-point type.
+unsafe fn act(a: Activation, v: &mut [f32]) {
+    // SAFETY: the portable vector runs on any CPU.
+    unsafe { vmath::apply_slice::<Portable>(a, v) }
+}
+
+/// Softmax entry point ([`vmath::softmax_rows`] on `wide` vectors).
+///
+/// # Safety
+/// As [`act`].
+unsafe fn softmax(v: &mut [f32], width: usize) {
+    // SAFETY: the portable vector runs on any CPU.
+    unsafe { vmath::softmax_rows::<Portable>(v, width) }
+}
+
+/// `e^x` entry point ([`vmath::exp_slice`]).
+///
+/// # Safety
+/// As [`act`].
+unsafe fn exp(v: &mut [f32]) {
+    // SAFETY: forwarded contract.
+    unsafe { vmath::exp_slice::<Portable>(v) }
+}
+
 /// The portable tile shapes.
-pub(crate) static FAMILY: Family = crate::kernels::gemm::family8!(tile, rows);
+pub(crate) static FAMILY: Family =
+    crate::kernels::gemm::family8!(Isa::Portable, tile, act, softmax, exp, rows);

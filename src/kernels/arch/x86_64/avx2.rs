@@ -8,13 +8,29 @@
 
 use std::arch::x86_64::*;
 
+use crate::activation::Activation;
 use crate::kernels::gemm::{Family, TileArgs, micro};
 use crate::kernels::gemv::RowArgs;
-use crate::kernels::simd::{Simd, partial_to_array};
+use crate::kernels::isa::Isa;
+use crate::kernels::simd::Simd;
+use crate::kernels::vmath;
 
 /// Whether this CPU can run the path.
 pub(crate) fn is_supported() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// The lane mask of the first `n < 8` lanes (all bits set in each enabled lane), read from a
+/// sliding window over eight ones and eight zeros.
+///
+/// # Safety
+/// The CPU has AVX2 (the `Simd` contract); `n <= 8`.
+#[inline(always)]
+unsafe fn mask(n: usize) -> __m256i {
+    static WINDOW: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+    debug_assert!(n <= 8);
+    // SAFETY: `8 - n` in `0..=8`, so the eight values read are inside the 16-value window.
+    unsafe { _mm256_loadu_si256(WINDOW.as_ptr().add(8 - n.min(8)).cast()) }
 }
 
 /// AVX2 with FMA: eight lanes, 16 registers.
@@ -45,10 +61,9 @@ impl Simd for Avx2 {
     }
     #[inline(always)]
     unsafe fn load_partial(p: *const f32, n: usize) -> Self {
-        // SAFETY: trait contract; the portable helper reads only `n` values.
-        let buf = unsafe { partial_to_array::<8>(p, n) };
-        // SAFETY: `buf` holds eight f32.
-        Avx2(unsafe { _mm256_loadu_ps(buf.as_ptr()) })
+        // SAFETY: `mask(n)` enables the first `n < 8` lanes; VMASKMOVPS neither reads nor faults
+        // on the others, and the first `n` are valid (trait contract).
+        Avx2(unsafe { _mm256_maskload_ps(p, mask(n)) })
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
@@ -57,12 +72,8 @@ impl Simd for Avx2 {
     }
     #[inline(always)]
     unsafe fn store_partial(self, p: *mut f32, n: usize) {
-        let mut buf = [0.0f32; 8];
-        // SAFETY: `buf` holds eight f32; then only `n` values are copied to `p`.
-        unsafe {
-            _mm256_storeu_ps(buf.as_mut_ptr(), self.0);
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), p, n);
-        }
+        // SAFETY: as in `load_partial`: only the first `n` lanes are written.
+        unsafe { _mm256_maskstore_ps(p, mask(n), self.0) }
     }
     #[inline(always)]
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
@@ -99,6 +110,51 @@ impl Simd for Avx2 {
         let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(self.0, zero);
         Avx2(_mm256_blendv_ps(self.0, zero, neg))
     }
+    type Mask = __m256;
+    #[inline(always)]
+    unsafe fn lt(a: Self, b: Self) -> __m256 {
+        _mm256_cmp_ps::<_CMP_LT_OQ>(a.0, b.0)
+    }
+    #[inline(always)]
+    unsafe fn select(m: __m256, t: Self, f: Self) -> Self {
+        Avx2(_mm256_blendv_ps(f.0, t.0, m))
+    }
+    #[inline(always)]
+    unsafe fn max(a: Self, b: Self) -> Self {
+        // VMAXPS returns the second operand when either is NaN: the trait's rule.
+        Avx2(_mm256_max_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn min(a: Self, b: Self) -> Self {
+        Avx2(_mm256_min_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn abs(self) -> Self {
+        Avx2(_mm256_andnot_ps(_mm256_set1_ps(-0.0), self.0))
+    }
+    #[inline(always)]
+    unsafe fn copysign(mag: Self, sign: Self) -> Self {
+        let s = _mm256_set1_ps(-0.0);
+        Avx2(_mm256_or_ps(
+            _mm256_andnot_ps(s, mag.0),
+            _mm256_and_ps(s, sign.0),
+        ))
+    }
+    #[inline(always)]
+    unsafe fn round(self) -> Self {
+        Avx2(_mm256_round_ps::<
+            { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+        >(self.0))
+    }
+    #[inline(always)]
+    unsafe fn pow2i(n: Self) -> Self {
+        let e = _mm256_add_epi32(_mm256_cvtps_epi32(n.0), _mm256_set1_epi32(127));
+        Avx2(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(e)))
+    }
+    #[inline(always)]
+    unsafe fn act_tile(a: Activation, v: &mut [Self]) {
+        act_tile(a, v)
+    }
 }
 
 /// AVX2 + FMA tiles.
@@ -122,5 +178,47 @@ unsafe fn rows(t: &RowArgs<'_>) {
     unsafe { crate::kernels::gemv::rows::<Avx2>(t) }
 }
 
+/// The micro-kernel epilogue's activation of a whole tile ([`Simd::act_tile`]), out of line.
+///
+/// # Safety
+/// As [`act`].
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+unsafe fn act_tile(a: Activation, v: &mut [Avx2]) {
+    // SAFETY: forwarded contract.
+    unsafe { vmath::act_vecs::<Avx2>(a, v) }
+}
+/// Elementwise activation entry point ([`vmath::apply_slice`] on this ISA's vectors).
+///
+/// # Safety
+/// The CPU has the features enabled below (checked by `Isa::is_supported` before the family is
+/// used).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn act(a: Activation, v: &mut [f32]) {
+    // SAFETY: forwarded contract.
+    unsafe { vmath::apply_slice::<Avx2>(a, v) }
+}
+
+/// Softmax entry point ([`vmath::softmax_rows`] on this ISA's vectors).
+///
+/// # Safety
+/// As [`act`].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax(v: &mut [f32], width: usize) {
+    // SAFETY: forwarded contract.
+    unsafe { vmath::softmax_rows::<Avx2>(v, width) }
+}
+
+/// `e^x` entry point ([`vmath::exp_slice`]).
+///
+/// # Safety
+/// As [`act`].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp(v: &mut [f32]) {
+    // SAFETY: forwarded contract.
+    unsafe { vmath::exp_slice::<Avx2>(v) }
+}
+
 /// The AVX2 tile shapes.
-pub(crate) static FAMILY: Family = crate::kernels::gemm::family8!(tile, rows);
+pub(crate) static FAMILY: Family =
+    crate::kernels::gemm::family8!(Isa::Avx2, tile, act, softmax, exp, rows);

@@ -9,9 +9,12 @@
 
 use std::arch::x86_64::*;
 
+use crate::activation::Activation;
 use crate::kernels::gemm::{Family, TileArgs, micro};
 use crate::kernels::gemv::RowArgs;
+use crate::kernels::isa::Isa;
 use crate::kernels::simd::Simd;
+use crate::kernels::vmath;
 
 /// Whether this CPU can run the path.
 pub(crate) fn is_supported() -> bool {
@@ -92,6 +95,52 @@ impl Simd for Avx512 {
         let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(self.0, _mm512_setzero_ps());
         Avx512(_mm512_mask_mov_ps(self.0, neg, _mm512_setzero_ps()))
     }
+    type Mask = __mmask16;
+    #[inline(always)]
+    unsafe fn lt(a: Self, b: Self) -> __mmask16 {
+        _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a.0, b.0)
+    }
+    #[inline(always)]
+    unsafe fn select(m: __mmask16, t: Self, f: Self) -> Self {
+        // Lanes whose mask bit is set take the second vector.
+        Avx512(_mm512_mask_blend_ps(m, f.0, t.0))
+    }
+    #[inline(always)]
+    unsafe fn max(a: Self, b: Self) -> Self {
+        // VMAXPS returns the second operand when either is NaN: the trait's rule.
+        Avx512(_mm512_max_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn min(a: Self, b: Self) -> Self {
+        Avx512(_mm512_min_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn abs(self) -> Self {
+        Avx512(_mm512_abs_ps(self.0))
+    }
+    #[inline(always)]
+    unsafe fn copysign(mag: Self, sign: Self) -> Self {
+        // AVX-512F has no float `and`/`or` (that is AVX-512DQ): the integer forms on the bits.
+        let s = _mm512_set1_epi32(i32::MIN);
+        let m = _mm512_andnot_si512(s, _mm512_castps_si512(mag.0));
+        let g = _mm512_and_si512(s, _mm512_castps_si512(sign.0));
+        Avx512(_mm512_castsi512_ps(_mm512_or_si512(m, g)))
+    }
+    #[inline(always)]
+    unsafe fn round(self) -> Self {
+        Avx512(_mm512_roundscale_ps::<
+            { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+        >(self.0))
+    }
+    #[inline(always)]
+    unsafe fn pow2i(n: Self) -> Self {
+        let e = _mm512_add_epi32(_mm512_cvtps_epi32(n.0), _mm512_set1_epi32(127));
+        Avx512(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(e)))
+    }
+    #[inline(always)]
+    unsafe fn act_tile(a: Activation, v: &mut [Self]) {
+        act_tile(a, v)
+    }
 }
 
 /// AVX-512 tiles.
@@ -114,8 +163,50 @@ unsafe fn rows(t: &RowArgs<'_>) {
     unsafe { crate::kernels::gemv::rows::<Avx512>(t) }
 }
 
+/// The micro-kernel epilogue's activation of a whole tile ([`Simd::act_tile`]), out of line.
+///
+/// # Safety
+/// As [`act`].
+#[target_feature(enable = "avx512f")]
+#[inline(never)]
+unsafe fn act_tile(a: Activation, v: &mut [Avx512]) {
+    // SAFETY: forwarded contract.
+    unsafe { vmath::act_vecs::<Avx512>(a, v) }
+}
+/// Elementwise activation entry point ([`vmath::apply_slice`] on this ISA's vectors).
+///
+/// # Safety
+/// The CPU has the features enabled below (checked by `Isa::is_supported` before the family is
+/// used).
+#[target_feature(enable = "avx512f")]
+unsafe fn act(a: Activation, v: &mut [f32]) {
+    // SAFETY: forwarded contract.
+    unsafe { vmath::apply_slice::<Avx512>(a, v) }
+}
+
+/// Softmax entry point ([`vmath::softmax_rows`] on this ISA's vectors).
+///
+/// # Safety
+/// As [`act`].
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax(v: &mut [f32], width: usize) {
+    // SAFETY: forwarded contract.
+    unsafe { vmath::softmax_rows::<Avx512>(v, width) }
+}
+
+/// `e^x` entry point ([`vmath::exp_slice`]).
+///
+/// # Safety
+/// As [`act`].
+#[target_feature(enable = "avx512f")]
+unsafe fn exp(v: &mut [f32]) {
+    // SAFETY: forwarded contract.
+    unsafe { vmath::exp_slice::<Avx512>(v) }
+}
+
 /// The AVX-512 tile shapes.
 pub(crate) static FAMILY: Family = Family {
+    isa: Isa::Avx512,
     lanes: 16,
     // rows 1: 8 vectors (memory-bound GEMV, eight independent chains); 2: 6x2;
     // 3-4: 4x4; 5-8: 3x8 (24 accumulators of 32 registers).
@@ -134,4 +225,7 @@ pub(crate) static FAMILY: Family = Family {
     // 10 loads per 24 FMAs.
     big: (6, 4, tile::<4, 6, true>, tile::<1, 6, true>),
     rows,
+    act,
+    softmax,
+    exp,
 };
