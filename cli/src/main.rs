@@ -1,4 +1,5 @@
 //! The `bnfold` command line: a thin layer of argument parsing and printing over the library.
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -17,6 +17,7 @@
 //! keep their stored dtype bit for bit unless [`ConvertOptions::dtype`] asks for another. What it
 //! cannot represent exactly it refuses, listing every node it cannot convert. Nothing is written
 //! unless the whole conversion succeeded and the result loads as a valid bnfold model.
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod error;

@@ -17,6 +17,7 @@
 //! The HTTP layer (hyper on tokio) parses requests and writes answers; it never runs a model.
 //! Inference runs on `Config::workers` plain threads, each with its own
 //! [`bnfold::OwnedSession`] per model (see [`batch`] for the batching rules).
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

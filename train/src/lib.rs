@@ -18,6 +18,7 @@
 //! Matrix products go through [`bnfold::kernels::matmul_nt`]. Every random number comes from one
 //! seeded ChaCha8 stream and all reductions run in a fixed order, so the same seed gives the same
 //! weight file, bit for bit, on the same machine.
+#![forbid(unsafe_code)]
 
 pub mod bn;
 pub mod digits;
