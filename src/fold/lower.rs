@@ -59,7 +59,7 @@ enum Token {
 /// Lower `model` for `mode`, handing each step to `emit` in order as soon as it is made (so that
 /// a caller can pack a dense layer's weights and drop the f32 copy before the next is folded).
 ///
-/// Fails with a layer error when folding would overflow f32 (see [`fold_dense`]), or with the
+/// Fails with a layer error when folding would overflow f32 (see [`fold_dense`](super::fold_dense)), or with the
 /// error `emit` returns.
 pub fn lower(
     model: &Model,
