@@ -637,3 +637,20 @@ fn compiling_twice_from_a_mapped_file_gives_the_same_plan() {
         .to_vec();
     assert_eq!(y_mem, y_map);
 }
+
+#[test]
+fn an_elementwise_affine_does_not_overflow_between_multiply_and_add() {
+    // Found by the structured fuzz target: a composed BN/affine run whose `s * x` overflows f32
+    // while `s * x + t` does not gave -inf (a multiply then an add, as `wide` does without FMA)
+    // where the unfolded path gave -2.6e38. Eight lanes, so the vector path runs.
+    use bnfold::kernels::EpilogueOp;
+    let op = EpilogueOp::Affine {
+        scale: vec![3e38; 8],
+        shift: vec![-3e38; 8],
+    };
+    let mut v = vec![2.0f32; 8];
+    op.apply(&mut v, 0);
+    for y in v {
+        assert!(y.is_finite() && (y / 3e38 - 1.0).abs() < 1e-6, "{y}");
+    }
+}
