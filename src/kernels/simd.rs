@@ -26,6 +26,13 @@ pub(crate) trait Simd: Copy {
     unsafe fn load(p: *const f32) -> Self;
     /// The first `n < LANES` values from `p`, zeros above. `p` must be valid for `n` reads.
     unsafe fn load_partial(p: *const f32, n: usize) -> Self;
+    /// `LANES` IEEE binary16 values (bit patterns) from `p`, widened to f32 (exactly: every f16
+    /// is an f32). `p` must be valid for `LANES` u16 reads (any alignment). The weight loads of
+    /// f16 panels (`elem.rs`).
+    unsafe fn load_f16(p: *const u16) -> Self;
+    /// `LANES` bfloat16 values (bit patterns) from `p`, widened to f32 exactly (each pattern
+    /// shifted into the top half of an f32). `p` must be valid for `LANES` u16 reads.
+    unsafe fn load_bf16(p: *const u16) -> Self;
     /// Store all lanes at `p` (any alignment). `p` must be valid for `LANES` writes.
     unsafe fn store(self, p: *mut f32);
     /// Store the first `n < LANES` lanes at `p`. `p` must be valid for `n` writes.

@@ -3,6 +3,7 @@
 //! when no runtime-detected path is supported.
 
 use crate::activation::Activation;
+use crate::kernels::elem::WeightElem;
 use crate::kernels::gemm::{Family, TileArgs, micro};
 use crate::kernels::gemv::RowArgs;
 use crate::kernels::isa::Isa;
@@ -39,6 +40,23 @@ impl Simd for Portable {
     unsafe fn load_partial(p: *const f32, n: usize) -> Self {
         // SAFETY: trait contract.
         Portable(wide::f32x8::from(unsafe { partial_to_array::<8>(p, n) }))
+    }
+    #[inline(always)]
+    unsafe fn load_f16(p: *const u16) -> Self {
+        // SAFETY: trait contract (eight u16 at `p`; `read_unaligned` has no alignment need).
+        let h: [half::f16; 8] = bytemuck::cast(unsafe { (p as *const [u16; 8]).read_unaligned() });
+        let mut out = [0.0f32; 8];
+        // Through `half` (F16C when the CPU has it, else its exact software conversion).
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(&h[..], &mut out);
+        Portable(wide::f32x8::from(out))
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const u16) -> Self {
+        // SAFETY: trait contract (eight u16 at `p`).
+        let h = unsafe { (p as *const [u16; 8]).read_unaligned() };
+        Portable(wide::f32x8::from(
+            h.map(|b| f32::from_bits(u32::from(b) << 16)),
+        ))
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
@@ -129,9 +147,11 @@ impl Simd for Portable {
 ///
 /// # Safety
 /// As [`micro`] (any CPU).
-unsafe fn tile<const MV: usize, const NR: usize, const P: bool>(t: &TileArgs<'_>) {
+unsafe fn tile<W: WeightElem, const MV: usize, const NR: usize, const P: bool>(
+    t: &TileArgs<'_, W>,
+) {
     // SAFETY: forwarded contract.
-    unsafe { micro::<Portable, MV, NR, P>(t) }
+    unsafe { micro::<Portable, W, MV, NR, P>(t) }
 }
 
 /// Portable row kernel for narrow layers.
