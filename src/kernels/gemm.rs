@@ -57,6 +57,8 @@ const UNPACKED_GROUP_BYTES: usize = 256 << 10;
 /// resident while the weight micro-panels stream through from L2. Deeper blocks also mean fewer
 /// reloads of the output tile (once per block).
 const KC: usize = 512;
+// Depth blocks start at even depths, where the depth pairs of a paired panel (bf16) start.
+const _: () = assert!(KC.is_multiple_of(2));
 
 /// Features per block (`MC`): the weight block is `MC * KC * 4` bytes = 512 KiB, half of the
 /// 1 MiB per-core L2, leaving room for the streamed `X` micro-panels and the output rows.
@@ -144,7 +146,9 @@ const fn line_of<W>() -> usize {
 
 /// Weights packed into panels of `lanes` features: panel `p` holds features `p*lanes ..`, as `k`
 /// groups of `lanes` contiguous values (zero-padded past `n`), stored as `W` (f32, f16 or bf16;
-/// widened to f32 in registers by the micro-kernel). Packed once, when a plan is compiled.
+/// widened to f32 in registers by the micro-kernel). bf16 panels pair the depths: each feature's
+/// two bf16 of depths `2m` and `2m + 1` share a 32-bit word ([`WeightElem::index`]), so that one
+/// `and` or one shift widens a vector. Packed once, when a plan is compiled.
 #[derive(Debug)]
 pub(crate) struct Packed<W: WeightElem> {
     pub(crate) lanes: usize,
@@ -176,11 +180,12 @@ impl<W: WeightElem> Packed<W> {
         let offset = data.as_slice().as_ptr().align_offset(64).min(line);
         let out = &mut data.as_mut_slice()[offset..offset + len];
         for p in 0..panels {
-            let panel = &mut out[p * stride..p * stride + k * lanes];
+            // The whole stride: an odd depth's pair (paired layout) reaches past `k * lanes`.
+            let panel = &mut out[p * stride..(p + 1) * stride];
             for l in 0..lanes.min(n - p * lanes) {
                 let row = &w[(p * lanes + l) * k..(p * lanes + l + 1) * k];
                 for (kk, &v) in row.iter().enumerate() {
-                    panel[kk * lanes + l] = W::from_f32(v);
+                    panel[W::index(kk, l, lanes)] = W::from_f32(v);
                 }
             }
         }
@@ -203,9 +208,10 @@ impl<W: WeightElem> Packed<W> {
         size_of_val(self.data.as_slice()) + size_of_val(&self.bias[..])
     }
 
-    /// Start of panel `p` at depth `kk`.
+    /// Start of panel `p` at depth `kk` (even if the layout pairs depths).
     fn panel_ptr(&self, p: usize, kk: usize) -> *const W {
         debug_assert!(p < self.panels.max(1) && kk <= self.k);
+        debug_assert!(!W::PAIRED || kk.is_multiple_of(2));
         // In bounds: `offset + p*stride + kk*lanes <= offset + len`.
         self.data.as_slice()[self.offset..]
             .as_ptr()
@@ -370,6 +376,93 @@ unsafe fn epilogue_op<V: Simd, const MV: usize, const NR: usize>(
     }
 }
 
+/// One depth of the micro-kernel: the weight vectors of `MV` panels at the depth pair `a`
+/// (`ODD`: its second depth) times the `NR` inputs of that depth (packed: at `x`; rows: at
+/// `xr[r]`, both at the pair's first depth), into `acc`.
+///
+/// # Safety
+/// As [`micro`], for the depth read.
+#[inline(always)]
+unsafe fn depth_step<
+    V: Simd,
+    W: WeightElem,
+    const MV: usize,
+    const NR: usize,
+    const PACKED: bool,
+    const ODD: bool,
+>(
+    acc: &mut [[V; NR]; MV],
+    a: *const W,
+    a_stride: usize,
+    x: *const f32,
+    xr: &[*const f32; NR],
+) {
+    let d = usize::from(ODD);
+    // SAFETY: the function contract: `MV` panels at `a` with this depth pair inside them, and
+    // the inputs of this depth.
+    unsafe {
+        let mut w = [V::zero(); MV];
+        for (v, wv) in w.iter_mut().enumerate() {
+            *wv = W::load::<V, ODD>(a.add(v * a_stride));
+        }
+        for r in 0..NR {
+            let b = if PACKED {
+                V::broadcast(x.add(d * NR + r))
+            } else {
+                V::broadcast(xr[r].add(d))
+            };
+            for v in 0..MV {
+                acc[v][r] = V::fma(w[v], b, acc[v][r]);
+            }
+        }
+    }
+}
+
+/// Two depths of the micro-kernel, weight vector by weight vector: both depths' inputs broadcast
+/// first (`2 * NR` registers), then for each of the `MV` panels the pair of weight vectors at `a`
+/// ([`WeightElem::load_pair`]) into its `NR` accumulators, depth `kk` then `kk + 1` (the same
+/// sums, in the same order, as two [`depth_step`]s).
+///
+/// # Safety
+/// As [`micro`], for the two depths read.
+#[inline(always)]
+unsafe fn pair_step<
+    V: Simd,
+    W: WeightElem,
+    const MV: usize,
+    const NR: usize,
+    const PACKED: bool,
+>(
+    acc: &mut [[V; NR]; MV],
+    a: *const W,
+    a_stride: usize,
+    x: *const f32,
+    xr: &[*const f32; NR],
+) {
+    // SAFETY: the function contract: `MV` panels at `a` with this depth pair inside them, and
+    // the inputs of both depths.
+    unsafe {
+        let mut b0 = [V::zero(); NR];
+        let mut b1 = [V::zero(); NR];
+        for r in 0..NR {
+            (b0[r], b1[r]) = if PACKED {
+                (V::broadcast(x.add(r)), V::broadcast(x.add(NR + r)))
+            } else {
+                (V::broadcast(xr[r]), V::broadcast(xr[r].add(1)))
+            };
+        }
+        for (v, accv) in acc.iter_mut().enumerate() {
+            let (w0, w1) = W::load_pair::<V>(a.add(v * a_stride));
+            for r in 0..NR {
+                accv[r] = V::fma(w0, b0[r], accv[r]);
+            }
+            for r in 0..NR {
+                accv[r] = V::fma(w1, b1[r], accv[r]);
+            }
+        }
+    }
+}
+
 /// The micro-kernel: one `MV`-vector by `NR`-row tile over depth `kc`, then accumulate, bias and
 /// register epilogue, and store. `PACKED` selects the input addressing (packed micro-panel or
 /// plain rows); `W` the stored weight type, widened to f32 as each weight vector is loaded
@@ -402,29 +495,31 @@ pub(crate) unsafe fn micro<
         let mut acc = [[V::zero(); NR]; MV];
         let mut a = t.a;
         let mut x = t.x;
-        for _ in 0..t.kc {
-            let mut w = [V::zero(); MV];
-            for (v, wv) in w.iter_mut().enumerate() {
-                *wv = W::load::<V>(a.add(v * t.a_stride));
+        // Depths in pairs (`kk`, `kk + 1`), `a` at the pair's first: a paired panel (bf16) holds
+        // both depths of a feature in one 32-bit word. The sums still run depth by depth, in order.
+        // Tiles whose accumulators leave registers for both depths' inputs take a pair at a time
+        // per weight vector (one load of a paired bf16 vector for both depths); the others go
+        // depth by depth (a paired vector is then loaded once per depth, from L1).
+        let by_vector = MV * NR + 2 * NR + 2 <= V::REGISTERS;
+        for _ in 0..t.kc / 2 {
+            if by_vector {
+                pair_step::<V, W, MV, NR, PACKED>(&mut acc, a, t.a_stride, x, &xr);
+            } else {
+                depth_step::<V, W, MV, NR, PACKED, false>(&mut acc, a, t.a_stride, x, &xr);
+                depth_step::<V, W, MV, NR, PACKED, true>(&mut acc, a, t.a_stride, x, &xr);
             }
-            for r in 0..NR {
-                let b = if PACKED {
-                    V::broadcast(x.add(r))
-                } else {
-                    V::broadcast(xr[r])
-                };
-                for v in 0..MV {
-                    acc[v][r] = V::fma(w[v], b, acc[v][r]);
-                }
-            }
-            a = a.add(l);
+            a = a.add(2 * l);
             if PACKED {
-                x = x.add(NR);
+                x = x.add(2 * NR);
             } else {
                 for p in xr.iter_mut() {
-                    *p = p.add(1);
+                    *p = p.add(2);
                 }
             }
+        }
+        if t.kc % 2 == 1 {
+            // The last depth of an odd block, alone (a paired panel's second half is padding).
+            depth_step::<V, W, MV, NR, PACKED, false>(&mut acc, a, t.a_stride, x, &xr);
         }
         let rows = t.rows.min(NR);
         let n_of = |v: usize| if v + 1 == MV { t.lanes_last } else { l };
@@ -779,7 +874,7 @@ mod tests {
             for pk in [&p, &q] {
                 for (f, kk) in [(0, 0), (n - 1, k - 1), (n / 2, k / 3)] {
                     // SAFETY: panel `f / 16` at depth `kk` is inside the packed data.
-                    let v = unsafe { *pk.panel_ptr(f / 16, kk).add(f % 16) };
+                    let v = unsafe { *pk.panel_ptr(f / 16, 0).add(W::index(kk, f % 16, 16)) };
                     assert_eq!(v.to_f32(), w[f * k + kk], "feature {f} depth {kk}");
                 }
                 assert_eq!(

@@ -16,6 +16,7 @@ pub(crate) struct Portable(wide::f32x8);
 
 impl Simd for Portable {
     const LANES: usize = 8;
+    const REGISTERS: usize = 16;
     #[inline(always)]
     unsafe fn zero() -> Self {
         Portable(wide::f32x8::ZERO)
@@ -51,12 +52,17 @@ impl Simd for Portable {
         Portable(wide::f32x8::from(out))
     }
     #[inline(always)]
-    unsafe fn load_bf16(p: *const u16) -> Self {
-        // SAFETY: trait contract (eight u16 at `p`).
-        let h = unsafe { (p as *const [u16; 8]).read_unaligned() };
-        Portable(wide::f32x8::from(
-            h.map(|b| f32::from_bits(u32::from(b) << 16)),
-        ))
+    unsafe fn load_bf16_pair(p: *const u16) -> (Self, Self) {
+        // SAFETY: trait contract (sixteen u16 at `p`).
+        let h = unsafe { (p as *const [u16; 16]).read_unaligned() };
+        // Lane `l`'s pair is u16 `2l + 1` (first depth) and `2l` (second), whatever the byte order.
+        let widen = |i: usize| f32::from_bits(u32::from(h[i]) << 16);
+        let first: [f32; 8] = std::array::from_fn(|l| widen(2 * l + 1));
+        let second: [f32; 8] = std::array::from_fn(|l| widen(2 * l));
+        (
+            Portable(wide::f32x8::from(first)),
+            Portable(wide::f32x8::from(second)),
+        )
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {

@@ -45,6 +45,7 @@ pub(crate) struct Avx2(__m256);
 // the stated number of lanes. Unaligned loads/stores are used throughout.
 impl Simd for Avx2 {
     const LANES: usize = 8;
+    const REGISTERS: usize = 16;
     #[inline(always)]
     unsafe fn zero() -> Self {
         Avx2(_mm256_setzero_ps())
@@ -76,12 +77,12 @@ impl Simd for Avx2 {
         Avx2(unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) })
     }
     #[inline(always)]
-    unsafe fn load_bf16(p: *const u16) -> Self {
-        // SAFETY: trait contract (eight u16 at `p`).
-        let h = unsafe { _mm_loadu_si128(p.cast()) };
-        Avx2(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(
-            _mm256_cvtepu16_epi32(h),
-        )))
+    unsafe fn load_bf16_pair(p: *const u16) -> (Self, Self) {
+        // SAFETY: trait contract (sixteen u16 at `p`).
+        let v = unsafe { _mm256_loadu_si256(p.cast()) };
+        let hi = _mm256_and_si256(v, _mm256_set1_epi32(0xffff_0000_u32 as i32));
+        let lo = _mm256_slli_epi32::<16>(v);
+        (Avx2(_mm256_castsi256_ps(hi)), Avx2(_mm256_castsi256_ps(lo)))
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {

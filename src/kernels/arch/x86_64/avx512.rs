@@ -30,6 +30,7 @@ pub(crate) struct Avx512(__m512);
 // stated number of lanes. Unaligned loads/stores are used throughout, so no alignment requirement.
 impl Simd for Avx512 {
     const LANES: usize = 16;
+    const REGISTERS: usize = 32;
     #[inline(always)]
     unsafe fn zero() -> Self {
         Avx512(_mm512_setzero_ps())
@@ -60,12 +61,15 @@ impl Simd for Avx512 {
         Avx512(unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) })
     }
     #[inline(always)]
-    unsafe fn load_bf16(p: *const u16) -> Self {
-        // SAFETY: trait contract (sixteen u16 at `p`).
-        let h = unsafe { _mm256_loadu_si256(p.cast()) };
-        Avx512(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(
-            _mm512_cvtepu16_epi32(h),
-        )))
+    unsafe fn load_bf16_pair(p: *const u16) -> (Self, Self) {
+        // SAFETY: trait contract (thirty-two u16 at `p`).
+        let v = unsafe { _mm512_loadu_si512(p.cast()) };
+        let hi = _mm512_and_si512(v, _mm512_set1_epi32(0xffff_0000_u32 as i32));
+        let lo = _mm512_slli_epi32::<16>(v);
+        (
+            Avx512(_mm512_castsi512_ps(hi)),
+            Avx512(_mm512_castsi512_ps(lo)),
+        )
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
