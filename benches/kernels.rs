@@ -13,8 +13,16 @@
 //!   every supported ISA, at 4096 elements (L1-resident) and on short slices (7 and 30);
 //!   softmax over rows of 30 values.
 //!
+//! - `half`: half-precision packed weights (issue 12): the 4096x4096 layer and the `big` network
+//!   (4096 -> 4 x (Dense 4096, BN, ReLU) -> Dense 4096, 336 MB of f32 weights) with f32, f16 and
+//!   bf16 panels, best ISA, 1 and 2 threads; throughput in bytes of packed weights streamed per
+//!   second, to set beside `membw` (run both: `cargo bench --bench kernels -- 'membw|half'`).
+//!
 //! - `paired` (not a criterion group; `BNFOLD_BENCH_PAIRED=1`): SGEMM as a fraction of the
 //!   peak measured right before it, 1 and 2 threads (see [`paired`]).
+//! - `half_interleaved` (not a criterion group; `BNFOLD_BENCH_HALF=1`): the `big` network with
+//!   f32, f16 and bf16 weights in rotation, batches 1 to 64, 1 and 2 threads, with the read
+//!   bandwidth measured in each round (see [`half_interleaved`]).
 //!
 //! Environment: `BNFOLD_BENCH_SIZES=128,256` restricts the square sizes (default
 //! 128,256,512,1024,2048); `BNFOLD_BENCH_QUICK=1` drops the 2048 square and the 4096x4096 layer
@@ -377,13 +385,85 @@ fn bench_membw_if_supported(c: &mut Criterion) {
     bench_membw(c);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Half-precision weights: the same products with f32, f16 and bf16 panels.
+
+const WEIGHT_TYPES: [bnfold::DType; 3] =
+    [bnfold::DType::F32, bnfold::DType::F16, bnfold::DType::BF16];
+
+/// The issue's network: 4096 -> 4 x (Dense 4096, BN, ReLU) -> Dense 4096, seeded.
+fn big_network() -> bnfold::Model {
+    let bytes = bnfold::synth::mlp(4096, false, &[4096; 4], Activation::Relu, 4096, 7)
+        .unwrap_or_else(|e| panic!("writing the network: {e}"));
+    bnfold::Model::from_bytes(&bytes).unwrap_or_else(|e| panic!("loading the network: {e}"))
+}
+
+fn bench_half(c: &mut Criterion) {
+    let pools = [(1, pool(1)), (2, pool(2))];
+    let mut g = c.benchmark_group("half");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(300));
+    // One 4096x4096 layer.
+    let (k, n) = (4096usize, 4096usize);
+    let w = seeded(n * k, 4);
+    let bias = seeded(n, 5);
+    let batches: &[usize] = if quick() {
+        &[1, 8, 64]
+    } else {
+        &[1, 8, 16, 32, 64]
+    };
+    for dtype in WEIGHT_TYPES {
+        let kern = DenseKernel::with_weights(k, n, &w, &bias, KernelChoice::Auto, dtype);
+        g.throughput(Throughput::Bytes(kern.weight_bytes() as u64));
+        for &batch in batches {
+            let x = seeded(batch * k, 6);
+            let mut y = vec![0.0; batch * n];
+            for (t, p) in &pools {
+                g.bench_function(
+                    BenchmarkId::new(format!("{k}x{n}/{dtype}/{}/{t}t", kern.isa()), batch),
+                    |bch| {
+                        bch.iter(|| p.install(|| kern.forward(black_box(&x), batch, &mut y, &[])))
+                    },
+                );
+            }
+        }
+    }
+    // The whole network, batch 1 and 8.
+    let model = big_network();
+    for dtype in WEIGHT_TYPES {
+        let plan = model
+            .compile(&bnfold::Options::folded().with_weights(dtype))
+            .unwrap_or_else(|e| panic!("{dtype}: {e}"));
+        g.throughput(Throughput::Bytes(plan.weight_bytes() as u64));
+        for batch in [1usize, 8] {
+            let x = seeded(batch * 4096, 6);
+            for (t, p) in &pools {
+                let mut session = plan.session_with_capacity(batch);
+                g.bench_function(
+                    BenchmarkId::new(format!("big/{dtype}/{}/{t}t", plan.kernel_isa()), batch),
+                    |bch| {
+                        bch.iter(|| {
+                            p.install(|| {
+                                black_box(session.run(black_box(&x), batch).map(|y| y[0]).ok())
+                            })
+                        })
+                    },
+                );
+            }
+        }
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     bench_peak,
     bench_membw_if_supported,
     bench_sgemm,
     bench_mlp,
-    bench_activation
+    bench_activation,
+    bench_half
 );
 
 /// Best of `n` timings of `f`, seconds.
@@ -443,7 +523,125 @@ fn paired() {
     }
 }
 
+/// The median of `v` (sorted in place).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The 1-minute load average, from `/proc/loadavg` (NaN where there is none).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
+/// Half-precision weights against f32 on a shared machine: the `big` network compiled three times
+/// (f32, f16, bf16 weights), then `ROUNDS` rounds, each measuring the single-core read bandwidth
+/// (256 MiB, 8 streams, best of 3) and then, for every batch and thread count, the three plans in
+/// rotating order (median of `CALLS` calls each). Prints per batch and thread count the median
+/// over rounds of each plan's time, the speed-ups over f32, and the weight bytes per second each
+/// plan streams beside the median measured bandwidth. Run with `BNFOLD_BENCH_HALF=1`
+/// (`BNFOLD_BENCH_HALF_BATCHES=1,8` to pick batches).
+fn half_interleaved() {
+    const ROUNDS: usize = 5;
+    const CALLS: usize = 5;
+    let batches: Vec<usize> = match std::env::var("BNFOLD_BENCH_HALF_BATCHES") {
+        Ok(s) => s.split(',').filter_map(|v| v.trim().parse().ok()).collect(),
+        Err(_) => vec![1, 2, 4, 8, 16, 32, 64],
+    };
+    let model = big_network();
+    let plans: Vec<bnfold::Plan> = WEIGHT_TYPES
+        .iter()
+        .map(|&d| {
+            model
+                .compile(&bnfold::Options::folded().with_weights(d))
+                .unwrap_or_else(|e| panic!("{d}: {e}"))
+        })
+        .collect();
+    drop(model);
+    let pools = [(1usize, pool(1)), (2, pool(2))];
+    let x = seeded(batches.iter().max().copied().unwrap_or(1) * 4096, 6);
+    let buf = seeded(256 << 18, 3);
+    let load0 = load_average();
+    // times[batch][threads][dtype] over rounds, seconds.
+    let mut times = vec![vec![vec![Vec::new(); 3]; pools.len()]; batches.len()];
+    let mut bw = Vec::new();
+    for round in 0..ROUNDS {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the CPU has AVX (checked just above).
+            let t = best_of(3, || {
+                black_box(unsafe { read_streams(black_box(&buf)) });
+            });
+            bw.push((256u64 << 20) as f64 / t);
+        }
+        for (bi, &batch) in batches.iter().enumerate() {
+            for (ti, (_, p)) in pools.iter().enumerate() {
+                for j in 0..3 {
+                    let d = (round + j) % 3;
+                    let mut s = plans[d].session_with_capacity(batch);
+                    let xs = &x[..batch * 4096];
+                    p.install(|| {
+                        black_box(s.run(xs, batch).map(|y| y[0]).ok());
+                        let mut v: Vec<f64> = (0..CALLS)
+                            .map(|_| {
+                                let t = std::time::Instant::now();
+                                black_box(s.run(black_box(xs), batch).map(|y| y[0]).ok());
+                                t.elapsed().as_secs_f64()
+                            })
+                            .collect();
+                        times[bi][ti][d].push(median(&mut v));
+                    });
+                }
+            }
+        }
+    }
+    let load1 = load_average();
+    let membw = if bw.is_empty() {
+        f64::NAN
+    } else {
+        median(&mut bw)
+    };
+    println!(
+        "half: big network, {} path, {ROUNDS} rounds x {CALLS} calls, load average {load0:.2} -> {load1:.2}; \
+         read bandwidth (256 MiB, 1 thread) median {:.1} GB/s",
+        plans[0].kernel_isa(),
+        membw / 1e9
+    );
+    println!(
+        "half: weight bytes: f32 {:.1} MB, f16 {:.1} MB, bf16 {:.1} MB",
+        plans[0].weight_bytes() as f64 / 1e6,
+        plans[1].weight_bytes() as f64 / 1e6,
+        plans[2].weight_bytes() as f64 / 1e6
+    );
+    println!(
+        "half: batch threads | f32 ms  f16 ms  bf16 ms | f16 x  bf16 x | GB/s streamed f32 f16 bf16"
+    );
+    for (bi, &batch) in batches.iter().enumerate() {
+        for (ti, (t, _)) in pools.iter().enumerate() {
+            let m: Vec<f64> = (0..3).map(|d| median(&mut times[bi][ti][d])).collect();
+            let gbs = |d: usize| plans[d].weight_bytes() as f64 / m[d] / 1e9;
+            println!(
+                "half: {batch:>5} {t:>7} | {:>6.2} {:>7.2} {:>7.2} | {:>5.2} {:>6.2} | {:>5.1} {:>5.1} {:>5.1}",
+                m[0] * 1e3,
+                m[1] * 1e3,
+                m[2] * 1e3,
+                m[0] / m[1],
+                m[0] / m[2],
+                gbs(0),
+                gbs(1),
+                gbs(2)
+            );
+        }
+    }
+}
+
 fn main() {
+    if std::env::var("BNFOLD_BENCH_HALF").is_ok_and(|v| v == "1") {
+        half_interleaved();
+    }
     benches();
     if std::env::var("BNFOLD_BENCH_PAIRED").is_ok_and(|v| v == "1") {
         paired();

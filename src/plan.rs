@@ -151,7 +151,8 @@ pub struct OwnedSession {
 
 impl Plan {
     /// Compile `model`: lower it for `options.mode` (see [`crate::fold::lower`]) and pack each
-    /// dense layer's weights for the kernel path `options.kernel` resolves to. Each dense layer is
+    /// dense layer's weights for the kernel path `options.kernel` resolves to, stored as
+    /// `options.weights` (f32, f16 or bf16 panels, widened in registers). Each dense layer is
     /// packed as soon as it is folded, so the f32 copy of one layer at a time is alive.
     ///
     /// [`Model::compile`] is the usual way to call this.
@@ -169,12 +170,13 @@ impl Plan {
                     width = d.outputs;
                     steps.push(Step {
                         op: Op::Dense {
-                            kernel: DenseKernel::with_choice(
+                            kernel: DenseKernel::with_weights(
                                 d.inputs,
                                 d.outputs,
                                 &d.weight,
                                 &d.bias,
                                 options.kernel,
+                                options.weights,
                             ),
                             epilogue: Vec::new(),
                         },
@@ -263,7 +265,9 @@ impl Plan {
             .unwrap_or(kernels::Isa::Portable)
     }
 
-    /// Bytes of weights the plan holds.
+    /// Bytes of weights the plan holds: the dense layers' packed weights in their stored type
+    /// ([`Options::weights`]; narrow layers, fewer outputs than half a vector, stay f32) and their
+    /// f32 biases, padding included.
     pub fn weight_bytes(&self) -> usize {
         self.steps
             .iter()

@@ -461,3 +461,273 @@ fn plan_options_force_the_kernel_path() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Half-precision weights (issue 12): panels of f16 or bf16, widened to f32 in registers.
+
+const HALVES: [bnfold::DType; 2] = [bnfold::DType::F16, bnfold::DType::BF16];
+
+/// `w` rounded (once, from f64, as a plan's folded weights are) to `dtype`.
+fn rounded(dtype: bnfold::DType, w: &[f32]) -> Vec<f32> {
+    w.iter()
+        .map(|&v| bnfold::fold::round_to(dtype, f64::from(v)))
+        .collect()
+}
+
+fn half_kernel(
+    isa: Isa,
+    dtype: bnfold::DType,
+    k: usize,
+    n: usize,
+    w: &[f32],
+    b: &[f32],
+) -> DenseKernel {
+    let kern = DenseKernel::with_weights(k, n, w, b, KernelChoice::Force(isa), dtype);
+    assert_eq!(
+        kern.isa(),
+        isa,
+        "forcing a supported path must run that path"
+    );
+    // Narrow layers (fewer outputs than half a vector) keep f32 rows; every other layer stores
+    // the type asked for.
+    let lanes = if isa == Isa::Avx512 { 16 } else { 8 };
+    let want = if 2 * n < lanes {
+        bnfold::DType::F32
+    } else {
+        dtype
+    };
+    assert_eq!(kern.weight_type(), want, "{isa} {k}x{n}");
+    kern
+}
+
+/// On the 1/8 grid in [-4, 4] every weight is exact in f16 and bf16 too, so half-precision panels
+/// must give the f64 reference bit for bit, like f32 ones: every shape with partial vectors and
+/// tiles, both drivers, every path. Any wrong lane, panel or stride in the widening shows here.
+#[test]
+fn half_weights_on_an_exact_grid_match_the_reference_bit_for_bit() {
+    let mut g = Gen::new(0x05ee_df16_bf16);
+    for &m in &[1, 2, 3, 7, 8, 9, 17, 65] {
+        for &k in &SIZES {
+            for &n in &SIZES {
+                let x = g.vec(m * k, Gen::eighths);
+                let w = g.vec(n * k, Gen::eighths);
+                let b = g.vec(n, Gen::eighths);
+                let want = reference(&x, &w, &b, m, k, n);
+                for isa in Isa::supported() {
+                    for dtype in HALVES {
+                        let kern = half_kernel(isa, dtype, k, n, &w, &b);
+                        for blocked in [false, true] {
+                            let mut y = vec![f32::NAN; m * n];
+                            kern.forward_with_driver(&x, m, &mut y, &[], blocked);
+                            for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
+                                assert_eq!(
+                                    got as f64,
+                                    want,
+                                    "{isa} {dtype} blocked={blocked} m={m} k={k} n={n} at ({}, {})",
+                                    i / n,
+                                    i % n
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Uniform weights rounded to f16 or bf16, against the f64 product of the *rounded* weights, at
+/// the same bound as the f32 kernels (`random_floats_are_within_the_summation_error_bound`): the
+/// only extra error of half-precision weights is their own rounding, which the reference
+/// includes; widening is exact and the sums are f32. Odd shapes, both drivers, every path. The
+/// kernel is given the unrounded weights too: it rounds them to nearest itself, and here (where a
+/// single rounding from f32 is the rounding from f64, the weights being f32) gives the same bits.
+#[test]
+fn half_weights_are_within_the_f32_summation_bound_of_the_rounded_reference() {
+    let mut g = Gen::new(4242);
+    for &(m, k, n) in &[
+        (1, 200, 127),
+        (2, 333, 45),
+        (9, 65, 33),
+        (17, 127, 200),
+        (64, 200, 65),
+        (31, 513, 70),
+        (9, 600, 33),
+        (70, 1000, 20),
+        (40, 1500, 300),
+    ] {
+        let x = g.vec(m * k, Gen::uniform);
+        let w32 = g.vec(n * k, Gen::uniform);
+        let b = g.vec(n, Gen::uniform);
+        for dtype in HALVES {
+            let w = rounded(dtype, &w32);
+            let want = reference(&x, &w, &b, m, k, n);
+            for (isa, blocked) in Isa::supported()
+                .into_iter()
+                .flat_map(|i| [(i, false), (i, true)])
+            {
+                let mut y = vec![0.0; m * n];
+                half_kernel(isa, dtype, k, n, &w, &b).forward_with_driver(
+                    &x,
+                    m,
+                    &mut y,
+                    &[],
+                    blocked,
+                );
+                for i in 0..m {
+                    for j in 0..n {
+                        let mag: f64 = (0..k)
+                            .map(|kk| (x[i * k + kk] as f64 * w[j * k + kk] as f64).abs())
+                            .sum::<f64>()
+                            + (b[j] as f64).abs();
+                        let u = f64::powi(2.0, -24);
+                        let bound = 2.0 * ((k + 1) as f64 * u) * mag;
+                        let err = (y[i * n + j] as f64 - want[i * n + j]).abs();
+                        assert!(
+                            err <= bound,
+                            "{isa} {dtype} blocked={blocked} {m}x{k}x{n} ({i},{j}): err {err} > {bound}"
+                        );
+                    }
+                }
+                let mut y2 = vec![0.0; m * n];
+                half_kernel(isa, dtype, k, n, &w32, &b).forward_with_driver(
+                    &x,
+                    m,
+                    &mut y2,
+                    &[],
+                    blocked,
+                );
+                assert!(
+                    y.iter().zip(&y2).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{isa} {dtype} blocked={blocked} {m}x{k}x{n}: the kernel's own rounding differs"
+                );
+            }
+        }
+    }
+}
+
+/// The fused epilogues (every activation, affine, BN, and a chain across the tile store) over
+/// half-precision panels, exact grid as in `epilogues_match_reference_on_every_path`.
+#[test]
+fn half_weights_with_epilogues_match_reference_on_every_path() {
+    let mut g = Gen::new(77);
+    for &(m, k, n) in &[(1, 9, 17), (3, 31, 33), (9, 64, 31), (65, 33, 127)] {
+        let x = g.vec(m * k, Gen::eighths);
+        let w = g.vec(n * k, Gen::eighths);
+        let b = g.vec(n, Gen::eighths);
+        let base = reference(&x, &w, &b, m, k, n);
+        for ops in epilogues(n, &mut g) {
+            let want: Vec<f64> = base
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| ops.iter().fold(v, |v, op| reference_op(op, v, i % n)))
+                .collect();
+            for isa in Isa::supported() {
+                for dtype in HALVES {
+                    let kern = half_kernel(isa, dtype, k, n, &w, &b);
+                    for blocked in [false, true] {
+                        let mut y = vec![0.0; m * n];
+                        kern.forward_with_driver(&x, m, &mut y, &ops, blocked);
+                        for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
+                            let tol = 1e-5 * want.abs().max(1.0);
+                            assert!(
+                                (got as f64 - want).abs() <= tol,
+                                "{isa} {dtype} blocked={blocked} {m}x{k}x{n} {ops:?} at {i}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Half-precision panels on 1 and 2 threads: the same bits, both drivers, splits by features and
+/// by rows.
+#[test]
+fn half_weights_do_not_depend_on_the_thread_count() {
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let two = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let mut g = Gen::new(55);
+    for &(m, k, n) in &[
+        (1, 1024, 1000),
+        (5, 700, 600),
+        (8, 513, 1031),
+        (40, 600, 300),
+        (300, 300, 257),
+    ] {
+        let x = g.vec(m * k, Gen::uniform);
+        let w = g.vec(n * k, Gen::uniform);
+        let b = g.vec(n, Gen::uniform);
+        let ops = [EpilogueOp::Act(Activation::Relu)];
+        for isa in Isa::supported() {
+            for dtype in HALVES {
+                let kern = half_kernel(isa, dtype, k, n, &w, &b);
+                for blocked in [false, true] {
+                    let mut y1 = vec![0.0; m * n];
+                    let mut y2 = vec![0.0; m * n];
+                    one.install(|| kern.forward_with_driver(&x, m, &mut y1, &ops, blocked));
+                    two.install(|| kern.forward_with_driver(&x, m, &mut y2, &ops, blocked));
+                    assert!(
+                        y1.iter().zip(&y2).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{isa} {dtype} blocked={blocked} {m}x{k}x{n}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A plan with half-precision weights, compiled for every supported path, folded and unfolded:
+/// its dense kernels store the type asked for and the plan runs that path.
+#[test]
+fn plan_options_pack_half_weights_on_every_path() {
+    let bytes = bnfold::synth::mlp(20, true, &[64, 64], Activation::Relu, 5, 17).unwrap();
+    let model = bnfold::Model::from_bytes(&bytes).unwrap();
+    let f32_bytes = model
+        .compile(&bnfold::Options::folded())
+        .unwrap()
+        .weight_bytes();
+    for isa in Isa::supported() {
+        for dtype in HALVES {
+            for opts in [bnfold::Options::folded(), bnfold::Options::unfolded()] {
+                let plan = model
+                    .compile(
+                        &opts
+                            .with_kernel(KernelChoice::Force(isa))
+                            .with_weights(dtype),
+                    )
+                    .unwrap();
+                assert_eq!(plan.kernel_isa(), isa);
+                // The 5-wide head stays f32 on AVX-512 (narrow there), so not exactly half.
+                assert!(
+                    plan.weight_bytes() * 10 < f32_bytes * 7,
+                    "{isa} {dtype}: {} vs {f32_bytes}",
+                    plan.weight_bytes()
+                );
+                let x = Gen::new(21).vec(11 * 20, Gen::uniform);
+                let r = bnfold::verify(
+                    &model,
+                    &x,
+                    11,
+                    &bnfold::VerifyOptions::default()
+                        .with_kernel(KernelChoice::Force(isa))
+                        .with_weights(dtype),
+                )
+                .unwrap();
+                assert!(
+                    r.passed(),
+                    "{isa} {dtype}: {:e} > {:e}",
+                    r.worst,
+                    r.tolerance
+                );
+            }
+        }
+    }
+}

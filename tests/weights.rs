@@ -174,3 +174,27 @@ fn half_precision_plans_pass_verify_with_the_derived_tolerance() {
         }
     }
 }
+
+/// The packed panels hold the type asked for: a plan with f16 or bf16 weights holds about half
+/// the bytes of the f32 plan (the biases stay f32), on every supported path.
+#[test]
+fn half_precision_plans_hold_half_the_weight_bytes() {
+    let bytes = bnfold::synth::mlp(512, false, &[512, 512], Activation::Relu, 512, 5).unwrap();
+    let model = Model::from_bytes(&bytes).unwrap();
+    for isa in bnfold::kernels::Isa::supported() {
+        let opts = Options::folded().with_kernel(bnfold::KernelChoice::Force(isa));
+        let full = model.compile(&opts.clone()).unwrap().weight_bytes();
+        // Three 512x512 layers: at least their f32 weights.
+        assert!(full >= 3 * 512 * 512 * 4, "{isa}: {full}");
+        for dtype in [DType::F16, DType::BF16] {
+            let half = model
+                .compile(&opts.clone().with_weights(dtype))
+                .unwrap()
+                .weight_bytes();
+            assert!(
+                half as f64 <= 0.55 * full as f64,
+                "{isa} {dtype}: {half} bytes vs {full} for f32"
+            );
+        }
+    }
+}

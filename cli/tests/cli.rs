@@ -193,6 +193,33 @@ fn verify_passes_on_a_good_model_and_reports_per_layer_errors() {
     assert!(o.status.success(), "{}", stdout(&o));
 }
 
+/// The shipped models pass `verify` with half-precision packed weights, on every supported
+/// kernel path (issue 12: the panels hold f16 or bf16 and are widened in registers).
+#[test]
+fn verify_passes_on_the_shipped_models_with_half_precision_weights() {
+    for model in ["models/digits.bnw", "models/morvan.bnw"] {
+        let path = root().join(model);
+        for weights in ["f16", "bf16"] {
+            for isa in bnfold::Isa::supported() {
+                let o = bnfold(&[
+                    "verify",
+                    p(&path),
+                    "--weights",
+                    weights,
+                    "--kernel",
+                    isa.name(),
+                ]);
+                let out = stdout(&o);
+                assert!(
+                    o.status.success() && out.contains("PASS"),
+                    "{model} --weights {weights} --kernel {isa}:\n{out}\n{}",
+                    stderr(&o)
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn verify_fails_when_the_tolerance_is_impossible() {
     let f = fixture();

@@ -18,6 +18,7 @@
 //!   that stay in L1 while the L2-resident block of `W` streams past them.
 
 use super::EpilogueOp;
+use super::elem::WeightElem;
 use super::isa::Isa;
 use super::simd::Simd;
 use crate::activation::Activation;
@@ -56,6 +57,8 @@ const UNPACKED_GROUP_BYTES: usize = 256 << 10;
 /// resident while the weight micro-panels stream through from L2. Deeper blocks also mean fewer
 /// reloads of the output tile (once per block).
 const KC: usize = 512;
+// Depth blocks start at even depths, where the depth pairs of a paired panel (bf16) start.
+const _: () = assert!(KC.is_multiple_of(2));
 
 /// Features per block (`MC`): the weight block is `MC * KC * 4` bytes = 512 KiB, half of the
 /// 1 MiB per-core L2, leaving room for the streamed `X` micro-panels and the output rows.
@@ -68,44 +71,47 @@ const MC: usize = 256;
 /// shared L3 (32 MiB), and a multiple of every `NR` (6 and 8).
 const NC: usize = 768;
 
-/// Memory of packed weights: large blocks are anonymous mappings advised to use transparent huge
-/// pages (on Linux), so that streaming many panels side by side does not walk a 4 KiB page table
-/// entry every 4 KiB of each stream; small ones are plain heap vectors.
+/// Memory of packed weights (elements `W`): large blocks are anonymous mappings advised to use
+/// transparent huge pages (on Linux), so that streaming many panels side by side does not walk a
+/// 4 KiB page table entry every 4 KiB of each stream; small ones are plain heap vectors.
 #[derive(Debug)]
-enum Store {
-    Heap(Vec<f32>),
+enum Store<W> {
+    Heap(Vec<W>),
     Mapped(memmap2::MmapMut),
 }
 
 /// Weights of at least this many bytes (one huge page) get a mapping of their own.
 const MAPPED_MIN_BYTES: usize = 2 << 20;
 
-impl Store {
+impl<W: WeightElem> Store<W> {
     /// `len` zeros.
-    fn zeroed(len: usize) -> Store {
-        if let Some(bytes) = len.checked_mul(4).filter(|&b| b >= MAPPED_MIN_BYTES)
+    fn zeroed(len: usize) -> Store<W> {
+        if let Some(bytes) = len
+            .checked_mul(size_of::<W>())
+            .filter(|&b| b >= MAPPED_MIN_BYTES)
             && let Ok(m) = memmap2::MmapMut::map_anon(bytes)
         {
             // Only a hint: without huge pages the mapping works the same.
             #[cfg(target_os = "linux")]
             let _ = m.advise(memmap2::Advice::HugePage);
-            // Mappings are page-aligned, so the f32 view cannot fail; checked anyway.
-            if bytemuck::try_cast_slice::<u8, f32>(&m[..]).is_ok() {
+            // Mappings are page-aligned, so the typed view cannot fail; checked anyway.
+            if bytemuck::try_cast_slice::<u8, W>(&m[..]).is_ok() {
                 return Store::Mapped(m);
             }
         }
-        Store::Heap(vec![0.0; len])
+        Store::Heap(vec![W::zeroed(); len])
     }
 
-    fn as_slice(&self) -> &[f32] {
+    fn as_slice(&self) -> &[W] {
         match self {
             Store::Heap(v) => v,
-            // Cannot panic: `zeroed` checked the alignment and the length is `4 * len`.
+            // Cannot panic: `zeroed` checked the alignment and the length is a multiple of the
+            // element size.
             Store::Mapped(m) => bytemuck::cast_slice(&m[..]),
         }
     }
 
-    fn as_mut_slice(&mut self) -> &mut [f32] {
+    fn as_mut_slice(&mut self) -> &mut [W] {
         match self {
             Store::Heap(v) => v,
             // As in `as_slice`.
@@ -114,13 +120,14 @@ impl Store {
     }
 }
 
-impl Clone for Packed {
+impl<W: WeightElem> Clone for Packed<W> {
     /// A copy with its own storage, its panels again on a 64-byte boundary.
-    fn clone(&self) -> Packed {
+    fn clone(&self) -> Packed<W> {
         let src = self.data.as_slice();
-        let len = src.len() - 16;
-        let mut data = Store::zeroed(src.len());
-        let offset = data.as_slice().as_ptr().align_offset(64).min(16);
+        let line = line_of::<W>();
+        let len = src.len() - line;
+        let mut data = Store::<W>::zeroed(src.len());
+        let offset = data.as_slice().as_ptr().align_offset(64).min(line);
         data.as_mut_slice()[offset..offset + len]
             .copy_from_slice(&src[self.offset..self.offset + len]);
         Packed {
@@ -132,42 +139,53 @@ impl Clone for Packed {
     }
 }
 
+/// Elements of `W` in one 64-byte cache line.
+const fn line_of<W>() -> usize {
+    64 / size_of::<W>()
+}
+
 /// Weights packed into panels of `lanes` features: panel `p` holds features `p*lanes ..`, as `k`
-/// groups of `lanes` contiguous values (zero-padded past `n`). Packed once, when a plan is compiled.
+/// groups of `lanes` contiguous values (zero-padded past `n`), stored as `W` (f32, f16 or bf16;
+/// widened to f32 in registers by the micro-kernel). bf16 panels pair the depths: each feature's
+/// two bf16 of depths `2m` and `2m + 1` share a 32-bit word ([`WeightElem::index`]), so that one
+/// `and` or one shift widens a vector. Packed once, when a plan is compiled.
 #[derive(Debug)]
-pub(crate) struct Packed {
+pub(crate) struct Packed<W: WeightElem> {
     pub(crate) lanes: usize,
     pub(crate) k: usize,
     pub(crate) n: usize,
     pub(crate) panels: usize,
-    /// Floats from one panel to the next: `k * lanes` rounded up to a cache line, plus one cache
-    /// line, so that the panels a tile reads side by side do not fall into the same L1 set
-    /// (with `k * lanes * 4` a multiple of 4 KiB they all would, and the prefetched lines of the
-    /// streams would evict each other).
+    /// Elements from one panel to the next: `k * lanes` rounded up to a cache line (64 bytes),
+    /// plus one cache line, so that the panels a tile reads side by side do not fall into the
+    /// same L1 set (with `k * lanes * size_of::<W>()` a multiple of 4 KiB they all would, and the
+    /// prefetched lines of the streams would evict each other).
     pub(crate) stride: usize,
     /// `panels * stride` values starting at `offset` (64-byte aligned).
-    data: Store,
+    data: Store<W>,
     offset: usize,
-    /// `panels * lanes` values, zero-padded.
+    /// `panels * lanes` values, zero-padded (f32 whatever `W` is).
     pub(crate) bias: Vec<f32>,
 }
 
-impl Packed {
-    /// Pack `w` (`[n, k]` row-major) and `bias` (`n`) for vectors of `lanes` f32.
-    pub(crate) fn new(w: &[f32], bias: &[f32], n: usize, k: usize, lanes: usize) -> Packed {
+impl<W: WeightElem> Packed<W> {
+    /// Pack `w` (`[n, k]` row-major) and `bias` (`n`) for vectors of `lanes` f32, the weights
+    /// converted to `W` ([`WeightElem::from_f32`]: exact for weights already rounded to `W`).
+    pub(crate) fn new(w: &[f32], bias: &[f32], n: usize, k: usize, lanes: usize) -> Packed<W> {
         let panels = n.div_ceil(lanes);
-        let stride = (k * lanes).div_ceil(16) * 16 + 16;
+        let line = line_of::<W>();
+        let stride = (k * lanes).div_ceil(line) * line + line;
         let len = panels * stride;
-        // 16 spare floats so that the panels can start on a 64-byte boundary.
-        let mut data = Store::zeroed(len + 16);
-        let offset = data.as_slice().as_ptr().align_offset(64).min(16);
+        // One spare line so that the panels can start on a 64-byte boundary.
+        let mut data = Store::<W>::zeroed(len + line);
+        let offset = data.as_slice().as_ptr().align_offset(64).min(line);
         let out = &mut data.as_mut_slice()[offset..offset + len];
         for p in 0..panels {
-            let panel = &mut out[p * stride..p * stride + k * lanes];
+            // The whole stride: an odd depth's pair (paired layout) reaches past `k * lanes`.
+            let panel = &mut out[p * stride..(p + 1) * stride];
             for l in 0..lanes.min(n - p * lanes) {
                 let row = &w[(p * lanes + l) * k..(p * lanes + l + 1) * k];
                 for (kk, &v) in row.iter().enumerate() {
-                    panel[kk * lanes + l] = v;
+                    panel[W::index(kk, l, lanes)] = W::from_f32(v);
                 }
             }
         }
@@ -187,12 +205,13 @@ impl Packed {
 
     /// Bytes held (padded weights and bias).
     pub(crate) fn bytes(&self) -> usize {
-        (self.data.as_slice().len() + self.bias.len()) * 4
+        size_of_val(self.data.as_slice()) + size_of_val(&self.bias[..])
     }
 
-    /// Start of panel `p` at depth `kk`.
-    fn panel_ptr(&self, p: usize, kk: usize) -> *const f32 {
+    /// Start of panel `p` at depth `kk` (even if the layout pairs depths).
+    fn panel_ptr(&self, p: usize, kk: usize) -> *const W {
         debug_assert!(p < self.panels.max(1) && kk <= self.k);
+        debug_assert!(!W::PAIRED || kk.is_multiple_of(2));
         // In bounds: `offset + p*stride + kk*lanes <= offset + len`.
         self.data.as_slice()[self.offset..]
             .as_ptr()
@@ -210,12 +229,13 @@ pub(crate) struct Epi<'a> {
     ops: &'a [EpilogueOp],
 }
 
-/// Arguments of one micro-tile.
-pub(crate) struct TileArgs<'a> {
+/// Arguments of one micro-tile, over weights stored as `W`.
+pub(crate) struct TileArgs<'a, W> {
     /// Depth of this block.
     kc: usize,
-    /// First weight panel of the tile, at this block's depth; the next is `a_stride` further.
-    a: *const f32,
+    /// First weight panel of the tile, at this block's depth; the next is `a_stride` elements
+    /// further.
+    a: *const W,
     a_stride: usize,
     /// Inputs: packed (`x[kk * NR + r]`) or rows (`x + r * x_rs + kk`).
     x: *const f32,
@@ -234,11 +254,11 @@ pub(crate) struct TileArgs<'a> {
     epi: Option<Epi<'a>>,
 }
 
-/// A micro-tile entry point for one ISA and tile shape.
+/// A micro-tile entry point for one ISA, tile shape and weight type.
 ///
 /// # Safety
 /// The CPU supports the ISA, and the pointers in the arguments are valid for the tile's shape.
-pub(crate) type TileFn = unsafe fn(&TileArgs<'_>);
+pub(crate) type TileFn<W> = unsafe fn(&TileArgs<'_, W>);
 
 /// Whether `op` can be applied to a vector of the tile in registers.
 fn in_registers(op: &EpilogueOp) -> bool {
@@ -356,17 +376,111 @@ unsafe fn epilogue_op<V: Simd, const MV: usize, const NR: usize>(
     }
 }
 
+/// One depth of the micro-kernel: the weight vectors of `MV` panels at the depth pair `a`
+/// (`ODD`: its second depth) times the `NR` inputs of that depth (packed: at `x`; rows: at
+/// `xr[r]`, both at the pair's first depth), into `acc`.
+///
+/// # Safety
+/// As [`micro`], for the depth read.
+#[inline(always)]
+unsafe fn depth_step<
+    V: Simd,
+    W: WeightElem,
+    const MV: usize,
+    const NR: usize,
+    const PACKED: bool,
+    const ODD: bool,
+>(
+    acc: &mut [[V; NR]; MV],
+    a: *const W,
+    a_stride: usize,
+    x: *const f32,
+    xr: &[*const f32; NR],
+) {
+    let d = usize::from(ODD);
+    // SAFETY: the function contract: `MV` panels at `a` with this depth pair inside them, and
+    // the inputs of this depth.
+    unsafe {
+        let mut w = [V::zero(); MV];
+        for (v, wv) in w.iter_mut().enumerate() {
+            *wv = W::load::<V, ODD>(a.add(v * a_stride));
+        }
+        for r in 0..NR {
+            let b = if PACKED {
+                V::broadcast(x.add(d * NR + r))
+            } else {
+                V::broadcast(xr[r].add(d))
+            };
+            for v in 0..MV {
+                acc[v][r] = V::fma(w[v], b, acc[v][r]);
+            }
+        }
+    }
+}
+
+/// Two depths of the micro-kernel, weight vector by weight vector: both depths' inputs broadcast
+/// first (`2 * NR` registers), then for each of the `MV` panels the pair of weight vectors at `a`
+/// ([`WeightElem::load_pair`]) into its `NR` accumulators, depth `kk` then `kk + 1` (the same
+/// sums, in the same order, as two [`depth_step`]s).
+///
+/// # Safety
+/// As [`micro`], for the two depths read.
+#[inline(always)]
+unsafe fn pair_step<
+    V: Simd,
+    W: WeightElem,
+    const MV: usize,
+    const NR: usize,
+    const PACKED: bool,
+>(
+    acc: &mut [[V; NR]; MV],
+    a: *const W,
+    a_stride: usize,
+    x: *const f32,
+    xr: &[*const f32; NR],
+) {
+    // SAFETY: the function contract: `MV` panels at `a` with this depth pair inside them, and
+    // the inputs of both depths.
+    unsafe {
+        let mut b0 = [V::zero(); NR];
+        let mut b1 = [V::zero(); NR];
+        for r in 0..NR {
+            (b0[r], b1[r]) = if PACKED {
+                (V::broadcast(x.add(r)), V::broadcast(x.add(NR + r)))
+            } else {
+                (V::broadcast(xr[r]), V::broadcast(xr[r].add(1)))
+            };
+        }
+        for (v, accv) in acc.iter_mut().enumerate() {
+            let (w0, w1) = W::load_pair::<V>(a.add(v * a_stride));
+            for r in 0..NR {
+                accv[r] = V::fma(w0, b0[r], accv[r]);
+            }
+            for r in 0..NR {
+                accv[r] = V::fma(w1, b1[r], accv[r]);
+            }
+        }
+    }
+}
+
 /// The micro-kernel: one `MV`-vector by `NR`-row tile over depth `kc`, then accumulate, bias and
 /// register epilogue, and store. `PACKED` selects the input addressing (packed micro-panel or
-/// plain rows). One body for every ISA and shape.
+/// plain rows); `W` the stored weight type, widened to f32 as each weight vector is loaded
+/// ([`WeightElem::load`]). One body for every ISA, shape and weight type.
 ///
 /// # Safety
 /// The CPU supports `V`; every pointer in `t` is valid for the tile's shape (`MV` panels of
 /// `kc * LANES` weights, `NR` rows of `kc` inputs or a `kc * NR` packed panel, `rows` output rows
 /// of `(MV - 1) * LANES + lanes_last` values).
 #[inline(always)]
-pub(crate) unsafe fn micro<V: Simd, const MV: usize, const NR: usize, const PACKED: bool>(
-    t: &TileArgs<'_>,
+pub(crate) unsafe fn micro<
+    V: Simd,
+    W: WeightElem,
+    const MV: usize,
+    const NR: usize,
+    const PACKED: bool,
+>(
+    t: &TileArgs<'_, W>,
 ) {
     let l = V::LANES;
     // SAFETY: the function contract covers every access below.
@@ -381,29 +495,31 @@ pub(crate) unsafe fn micro<V: Simd, const MV: usize, const NR: usize, const PACK
         let mut acc = [[V::zero(); NR]; MV];
         let mut a = t.a;
         let mut x = t.x;
-        for _ in 0..t.kc {
-            let mut w = [V::zero(); MV];
-            for (v, wv) in w.iter_mut().enumerate() {
-                *wv = V::load(a.add(v * t.a_stride));
+        // Depths in pairs (`kk`, `kk + 1`), `a` at the pair's first: a paired panel (bf16) holds
+        // both depths of a feature in one 32-bit word. The sums still run depth by depth, in order.
+        // Tiles whose accumulators leave registers for both depths' inputs take a pair at a time
+        // per weight vector (one load of a paired bf16 vector for both depths); the others go
+        // depth by depth (a paired vector is then loaded once per depth, from L1).
+        let by_vector = MV * NR + 2 * NR + 2 <= V::REGISTERS;
+        for _ in 0..t.kc / 2 {
+            if by_vector {
+                pair_step::<V, W, MV, NR, PACKED>(&mut acc, a, t.a_stride, x, &xr);
+            } else {
+                depth_step::<V, W, MV, NR, PACKED, false>(&mut acc, a, t.a_stride, x, &xr);
+                depth_step::<V, W, MV, NR, PACKED, true>(&mut acc, a, t.a_stride, x, &xr);
             }
-            for r in 0..NR {
-                let b = if PACKED {
-                    V::broadcast(x.add(r))
-                } else {
-                    V::broadcast(xr[r])
-                };
-                for v in 0..MV {
-                    acc[v][r] = V::fma(w[v], b, acc[v][r]);
-                }
-            }
-            a = a.add(l);
+            a = a.add(2 * l);
             if PACKED {
-                x = x.add(NR);
+                x = x.add(2 * NR);
             } else {
                 for p in xr.iter_mut() {
-                    *p = p.add(1);
+                    *p = p.add(2);
                 }
             }
+        }
+        if t.kc % 2 == 1 {
+            // The last depth of an odd block, alone (a paired panel's second half is padding).
+            depth_step::<V, W, MV, NR, PACKED, false>(&mut acc, a, t.a_stride, x, &xr);
         }
         let rows = t.rows.min(NR);
         let n_of = |v: usize| if v + 1 == MV { t.lanes_last } else { l };
@@ -458,16 +574,24 @@ pub(crate) type SoftmaxFn = unsafe fn(&mut [f32], usize);
 /// The CPU supports the ISA.
 pub(crate) type ExpFn = unsafe fn(&mut [f32]);
 
+/// The tile entry points of one ISA for weights stored as `W`.
+pub(crate) struct Tiles<W: 'static> {
+    /// Small-batch tiles, by rows `1..=SMALL_BATCH` (index 0 unused): rows handled per tile,
+    /// vectors per tile, the `MV`-vector entry and the one-vector entry for the last panels.
+    pub(crate) small: [(usize, usize, TileFn<W>, TileFn<W>); SMALL_BATCH + 1],
+    /// Blocked path: `NR`, `MV`, the `MV`-vector entry and the one-vector entry.
+    pub(crate) big: (usize, usize, TileFn<W>, TileFn<W>),
+}
+
 /// The tile shapes of one ISA and its entry points (each ISA's file in `arch/` defines one).
 pub(crate) struct Family {
     /// The ISA these entry points need.
     pub(crate) isa: Isa,
     pub(crate) lanes: usize,
-    /// Small-batch tiles, by rows `1..=SMALL_BATCH` (index 0 unused): rows handled per tile,
-    /// vectors per tile, the `MV`-vector entry and the one-vector entry for the last panels.
-    pub(crate) small: [(usize, usize, TileFn, TileFn); SMALL_BATCH + 1],
-    /// Blocked path: `NR`, `MV`, the `MV`-vector entry and the one-vector entry.
-    pub(crate) big: (usize, usize, TileFn, TileFn),
+    /// Tiles over f32, f16 and bf16 panels (the same shapes, one generic entry point).
+    pub(crate) f32: Tiles<f32>,
+    pub(crate) f16: Tiles<half::f16>,
+    pub(crate) bf16: Tiles<half::bf16>,
     /// Narrow layers in row layout (`gemv.rs`).
     pub(crate) rows: super::gemv::RowFn,
     /// Elementwise activations over a slice ([`vmath::apply_slice`]).
@@ -485,28 +609,41 @@ impl Family {
     }
 }
 
-/// The tile table of an 8-lane, 16-register ISA (AVX2 and portable share shapes), over its entry
-/// point `$f::<MV, NR, PACKED>`, with its elementwise entry points `$act`, `$soft` and `$exp` and
-/// its row-kernel entry `$rows`.
+/// The tiles of an 8-lane, 16-register ISA (AVX2 and portable share shapes) for weights of type
+/// `$w`, over the entry point `$f::<W, MV, NR, PACKED>`.
+macro_rules! tiles8 {
+    ($f:ident, $w:ty) => {
+        $crate::kernels::gemm::Tiles::<$w> {
+            // rows 1: 8 accumulators (two FMA pipes x 4 cycles latency); 2: 4x2; 3-4: 2x4;
+            // 5-6: 2x6 (BLIS's Haswell shape); 7-8: a 6-row tile and then the rest.
+            small: [
+                (1, 8, $f::<$w, 8, 1, false>, $f::<$w, 1, 1, false>),
+                (1, 8, $f::<$w, 8, 1, false>, $f::<$w, 1, 1, false>),
+                (2, 4, $f::<$w, 4, 2, false>, $f::<$w, 1, 2, false>),
+                (4, 2, $f::<$w, 2, 4, false>, $f::<$w, 1, 4, false>),
+                (4, 2, $f::<$w, 2, 4, false>, $f::<$w, 1, 4, false>),
+                (6, 2, $f::<$w, 2, 6, false>, $f::<$w, 1, 6, false>),
+                (6, 2, $f::<$w, 2, 6, false>, $f::<$w, 1, 6, false>),
+                (6, 2, $f::<$w, 2, 6, false>, $f::<$w, 1, 6, false>),
+                (6, 2, $f::<$w, 2, 6, false>, $f::<$w, 1, 6, false>),
+            ],
+            big: (6, 2, $f::<$w, 2, 6, true>, $f::<$w, 1, 6, true>),
+        }
+    };
+}
+pub(crate) use tiles8;
+
+/// The table of an 8-lane, 16-register ISA (AVX2 and portable share shapes): its tiles for each
+/// weight type over its entry point `$f::<W, MV, NR, PACKED>`, its elementwise entry points
+/// `$act`, `$soft` and `$exp` and its row-kernel entry `$rows`.
 macro_rules! family8 {
     ($isa:expr, $f:ident, $act:ident, $soft:ident, $exp:ident, $rows:ident) => {
         $crate::kernels::gemm::Family {
             isa: $isa,
             lanes: 8,
-            // rows 1: 8 accumulators (two FMA pipes x 4 cycles latency); 2: 4x2; 3-4: 2x4;
-            // 5-6: 2x6 (BLIS's Haswell shape); 7-8: a 6-row tile and then the rest.
-            small: [
-                (1, 8, $f::<8, 1, false>, $f::<1, 1, false>),
-                (1, 8, $f::<8, 1, false>, $f::<1, 1, false>),
-                (2, 4, $f::<4, 2, false>, $f::<1, 2, false>),
-                (4, 2, $f::<2, 4, false>, $f::<1, 4, false>),
-                (4, 2, $f::<2, 4, false>, $f::<1, 4, false>),
-                (6, 2, $f::<2, 6, false>, $f::<1, 6, false>),
-                (6, 2, $f::<2, 6, false>, $f::<1, 6, false>),
-                (6, 2, $f::<2, 6, false>, $f::<1, 6, false>),
-                (6, 2, $f::<2, 6, false>, $f::<1, 6, false>),
-            ],
-            big: (6, 2, $f::<2, 6, true>, $f::<1, 6, true>),
+            f32: $crate::kernels::gemm::tiles8!($f, f32),
+            f16: $crate::kernels::gemm::tiles8!($f, half::f16),
+            bf16: $crate::kernels::gemm::tiles8!($f, half::bf16),
             rows: $rows,
             act: $act,
             softmax: $soft,
@@ -538,10 +675,10 @@ thread_local! {
 /// writable values no other thread touches in this rectangle; `ops` per-feature vectors hold `n`
 /// values.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn run_block(
+pub(crate) unsafe fn run_block<W: WeightElem>(
     unpacked: bool,
     fam: &Family,
-    w: &Packed,
+    w: &Packed<W>,
     x: &[f32],
     rows: std::ops::Range<usize>,
     panels: std::ops::Range<usize>,
@@ -549,6 +686,7 @@ pub(crate) unsafe fn run_block(
     ops: &[EpilogueOp],
 ) {
     let (k, n, l) = (w.k, w.n, fam.lanes);
+    let tiles = W::tiles(fam);
     let split = register_prefix(ops);
     let lanes_of = |p_end: usize| {
         if p_end == w.panels {
@@ -579,17 +717,17 @@ pub(crate) unsafe fn run_block(
         // With more than one chunk of rows, take the panels in groups that stay in L2 while every
         // chunk of rows passes over them: the weights then come from L3 once per call, not once
         // per chunk (the inputs are re-read per group instead, far fewer bytes).
-        let mv8 = fam.small[SMALL_BATCH].1;
+        let mv8 = tiles.small[SMALL_BATCH].1;
         let group = if rows.len() <= SMALL_BATCH {
             panels.len().max(1)
         } else {
-            (UNPACKED_GROUP_BYTES / (w.stride * 4)).max(mv8) / mv8 * mv8
+            (UNPACKED_GROUP_BYTES / (w.stride * size_of::<W>())).max(mv8) / mv8 * mv8
         };
         for g0 in panels.clone().step_by(group) {
             let g1 = (g0 + group).min(panels.end);
             let mut r = rows.start;
             while r < rows.end {
-                let (nr, mv, full, one) = fam.small[(rows.end - r).min(SMALL_BATCH)];
+                let (nr, mv, full, one) = tiles.small[(rows.end - r).min(SMALL_BATCH)];
                 let nrows = nr.min(rows.end - r);
                 let mut p = g0;
                 while p < g1 {
@@ -619,7 +757,7 @@ pub(crate) unsafe fn run_block(
         return;
     }
 
-    let (nr, mv, full, one) = fam.big;
+    let (nr, mv, full, one) = tiles.big;
     XPACK.with_borrow_mut(|buf| {
         let need = NC.div_ceil(nr) * nr * KC;
         if buf.len() < need {
@@ -704,7 +842,13 @@ fn pack_x(
 }
 
 /// Scalar fallback for `k == 0`: the output is the bias, then the epilogue.
-pub(crate) fn bias_only(isa: Isa, w: &Packed, batch: usize, y: &mut [f32], ops: &[EpilogueOp]) {
+pub(crate) fn bias_only<W: WeightElem>(
+    isa: Isa,
+    w: &Packed<W>,
+    batch: usize,
+    y: &mut [f32],
+    ops: &[EpilogueOp],
+) {
     for row in y.chunks_exact_mut(w.n).take(batch) {
         row.copy_from_slice(&w.bias[..w.n]);
         super::apply_epilogue_with(isa, ops, row, 0);
@@ -716,20 +860,22 @@ mod tests {
     use super::*;
 
     /// Large weights live in their own mapping, small ones on the heap; both pack the same values
-    /// into the same places, and a clone copies them.
-    #[test]
-    fn packed_storage_by_size_and_clone() {
-        for (n, k, mapped) in [(3, 5, false), (1024, 600, true)] {
-            let w: Vec<f32> = (0..n * k).map(|i| i as f32).collect();
+    /// into the same places, and a clone copies them. For each stored type: the panels start on a
+    /// cache line, and so does every panel after them (the stride is whole lines).
+    fn packed_storage_by_size_and_clone<W: WeightElem>() {
+        for (n, k, mapped) in [(3, 5, false), (2048, 600, true)] {
+            // Small integers: exact in every type.
+            let w: Vec<f32> = (0..n * k).map(|i| (i % 200) as f32).collect();
             let b: Vec<f32> = (0..n).map(|i| -(i as f32)).collect();
-            let p = Packed::new(&w, &b, n, k, 16);
+            let p = Packed::<W>::new(&w, &b, n, k, 16);
             assert_eq!(matches!(p.data, Store::Mapped(_)), mapped);
+            assert_eq!((p.stride * size_of::<W>()) % 64, 0, "stride in whole lines");
             let q = p.clone();
             for pk in [&p, &q] {
                 for (f, kk) in [(0, 0), (n - 1, k - 1), (n / 2, k / 3)] {
                     // SAFETY: panel `f / 16` at depth `kk` is inside the packed data.
-                    let v = unsafe { *pk.panel_ptr(f / 16, kk).add(f % 16) };
-                    assert_eq!(v, w[f * k + kk], "feature {f} depth {kk}");
+                    let v = unsafe { *pk.panel_ptr(f / 16, 0).add(W::index(kk, f % 16, 16)) };
+                    assert_eq!(v.to_f32(), w[f * k + kk], "feature {f} depth {kk}");
                 }
                 assert_eq!(
                     pk.panel_ptr(0, 0) as usize % 64,
@@ -738,6 +884,28 @@ mod tests {
                 );
                 assert_eq!(pk.bias[..n], b[..]);
             }
+        }
+    }
+
+    #[test]
+    fn packed_storage_by_size_and_clone_every_type() {
+        packed_storage_by_size_and_clone::<f32>();
+        packed_storage_by_size_and_clone::<half::f16>();
+        packed_storage_by_size_and_clone::<half::bf16>();
+    }
+
+    /// Half-precision panels hold half the bytes of f32 ones (plus the f32 bias).
+    #[test]
+    fn half_panels_hold_half_the_bytes() {
+        let (n, k) = (512, 512);
+        let w = vec![0.5f32; n * k];
+        let b = vec![0.0f32; n];
+        let full = Packed::<f32>::new(&w, &b, n, k, 8).bytes();
+        for half in [
+            Packed::<half::f16>::new(&w, &b, n, k, 8).bytes(),
+            Packed::<half::bf16>::new(&w, &b, n, k, 8).bytes(),
+        ] {
+            assert!(half * 100 <= full * 51, "{half} vs {full}");
         }
     }
 }

@@ -18,6 +18,7 @@
 
 pub mod activation;
 mod arch;
+mod elem;
 mod gemm;
 mod gemv;
 mod isa;
@@ -27,8 +28,10 @@ mod vmath;
 use rayon::prelude::*;
 use wide::f32x8;
 
-use crate::format::Activation;
+use crate::format::{Activation, DType};
+use elem::WeightElem;
 use gemm::{Family, OutPtr, Packed};
+use half::{bf16, f16};
 pub use isa::{Isa, KERNEL_ENV, KernelChoice};
 
 /// One elementwise step applied after the matrix product.
@@ -140,10 +143,17 @@ pub const PARALLEL_MIN_MACS: usize = 1 << 19;
 
 /// A dense layer's weights and bias, packed for the kernel of one instruction set.
 ///
-/// Memory: the packed form holds at most twice the f32 weights and bias, plus 128 bytes per panel
-/// of `LANES` output features (each panel rounded to a cache line, and a one-line gap between
-/// panels) and 64 bytes of alignment: layers with fewer outputs than half a vector keep their row
-/// layout (`gemv.rs`, exactly the f32 size), every other layer fills its panels at least half.
+/// The weights are stored as f32, f16 or bf16 ([`DenseKernel::with_weights`]) and widened to f32
+/// in registers as the micro-kernel loads them; the bias, the accumulation and the epilogue are
+/// f32 whatever the weight type.
+///
+/// Memory: the packed form holds at most twice the weights (in their stored type) and the f32
+/// bias, plus 128 bytes per panel of `LANES` output features (each panel rounded to a cache line,
+/// and a one-line gap between panels) and 64 bytes of alignment: layers with fewer outputs than
+/// half a vector keep their row layout (`gemv.rs`, exactly the f32 size: narrow layers stay f32
+/// whatever weight type was asked for, holding the same, already rounded, values; they are at most
+/// `LANES / 2 - 1` rows of `k`, a few KiB to a few MiB, where widening would save little), every
+/// other layer fills its panels at least half. [`DenseKernel::weight_bytes`] counts what is held.
 #[derive(Debug, Clone)]
 pub struct DenseKernel {
     inputs: usize,
@@ -152,12 +162,16 @@ pub struct DenseKernel {
     weights: Weights,
 }
 
-/// The two layouts of a dense layer's weights.
+/// The layouts of a dense layer's weights.
 #[derive(Debug, Clone)]
 enum Weights {
-    /// Output features along the vector lanes (`gemm.rs`).
-    Panels(Packed),
-    /// Narrow layers: the stored `[n, k]` rows (`gemv.rs`).
+    /// Output features along the vector lanes (`gemm.rs`), f32.
+    F32(Packed<f32>),
+    /// Panels of f16, widened in registers.
+    F16(Packed<f16>),
+    /// Panels of bf16, widened in registers.
+    Bf16(Packed<bf16>),
+    /// Narrow layers: the stored `[n, k]` rows (`gemv.rs`), f32.
     Rows(gemv::Rows),
 }
 
@@ -170,7 +184,8 @@ impl DenseKernel {
         Self::with_choice(inputs, outputs, &weight, &bias, KernelChoice::Auto)
     }
 
-    /// Like [`DenseKernel::new`], with the path chosen by `choice` and borrowed inputs.
+    /// Like [`DenseKernel::new`], with the path chosen by `choice` and borrowed inputs (f32
+    /// weights).
     ///
     /// Panics if the lengths disagree.
     pub fn with_choice(
@@ -179,6 +194,24 @@ impl DenseKernel {
         weight: &[f32],
         bias: &[f32],
         choice: KernelChoice,
+    ) -> Self {
+        Self::with_weights(inputs, outputs, weight, bias, choice, DType::F32)
+    }
+
+    /// Like [`DenseKernel::with_choice`], with the weights stored as `weights` (f32, f16 or
+    /// bf16). Each weight is converted to that type rounding to nearest, ties to even (exact for
+    /// weights already representable in it, as a plan's folded weights are: `Plan::compile` rounds
+    /// them once, from f64); an f32 beyond f16's range becomes an infinity. Narrow layers keep f32
+    /// rows (see the type's memory notes).
+    ///
+    /// Panics if the lengths disagree.
+    pub fn with_weights(
+        inputs: usize,
+        outputs: usize,
+        weight: &[f32],
+        bias: &[f32],
+        choice: KernelChoice,
+        weights: DType,
     ) -> Self {
         assert_eq!(
             Some(weight.len()),
@@ -191,7 +224,11 @@ impl DenseKernel {
         let weights = if gemv::narrow(outputs, lanes) {
             Weights::Rows(gemv::Rows::new(weight, bias, outputs, inputs))
         } else {
-            Weights::Panels(Packed::new(weight, bias, outputs, inputs, lanes))
+            match weights {
+                DType::F32 => Weights::F32(Packed::new(weight, bias, outputs, inputs, lanes)),
+                DType::F16 => Weights::F16(Packed::new(weight, bias, outputs, inputs, lanes)),
+                DType::BF16 => Weights::Bf16(Packed::new(weight, bias, outputs, inputs, lanes)),
+            }
         };
         DenseKernel {
             inputs,
@@ -216,10 +253,22 @@ impl DenseKernel {
         self.isa
     }
 
+    /// The type the weights are stored in: the one asked for, except f32 for narrow layers (row
+    /// layout).
+    pub fn weight_type(&self) -> DType {
+        match &self.weights {
+            Weights::F32(_) | Weights::Rows(_) => DType::F32,
+            Weights::F16(_) => DType::F16,
+            Weights::Bf16(_) => DType::BF16,
+        }
+    }
+
     /// Bytes of (packed, padded) weights and bias held.
     pub fn weight_bytes(&self) -> usize {
         match &self.weights {
-            Weights::Panels(p) => p.bytes(),
+            Weights::F32(p) => p.bytes(),
+            Weights::F16(p) => p.bytes(),
+            Weights::Bf16(p) => p.bytes(),
             Weights::Rows(r) => r.bytes(),
         }
     }
@@ -266,10 +315,28 @@ impl DenseKernel {
             return;
         }
         let fam = Family::of(self.isa);
-        let packed = match &self.weights {
-            Weights::Panels(p) => p,
-            Weights::Rows(r) => return self.forward_rows(fam, r, x, batch, y, epilogue),
-        };
+        match &self.weights {
+            Weights::F32(p) => self.forward_panels(fam, p, x, batch, y, epilogue, unpacked),
+            Weights::F16(p) => self.forward_panels(fam, p, x, batch, y, epilogue, unpacked),
+            Weights::Bf16(p) => self.forward_panels(fam, p, x, batch, y, epilogue, unpacked),
+            Weights::Rows(r) => self.forward_rows(fam, r, x, batch, y, epilogue),
+        }
+    }
+
+    /// The panel layout (weights stored as `W`), lengths checked by the caller: tiles over
+    /// rectangles of the output, split across the pool when the layer is large.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_panels<W: WeightElem>(
+        &self,
+        fam: &Family,
+        packed: &Packed<W>,
+        x: &[f32],
+        batch: usize,
+        y: &mut [f32],
+        epilogue: &[EpilogueOp],
+        unpacked: bool,
+    ) {
+        let (k, n) = (self.inputs, self.outputs);
         if k == 0 {
             gemm::bias_only(self.isa, packed, batch, y, epilogue);
             return;

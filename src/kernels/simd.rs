@@ -16,6 +16,8 @@
 pub(crate) trait Simd: Copy {
     /// f32 lanes in one vector.
     const LANES: usize;
+    /// Vector registers the ISA has (the micro-kernel picks its loop order by it).
+    const REGISTERS: usize;
     /// All lanes zero.
     unsafe fn zero() -> Self;
     /// All lanes `x`.
@@ -26,6 +28,16 @@ pub(crate) trait Simd: Copy {
     unsafe fn load(p: *const f32) -> Self;
     /// The first `n < LANES` values from `p`, zeros above. `p` must be valid for `n` reads.
     unsafe fn load_partial(p: *const f32, n: usize) -> Self;
+    /// `LANES` IEEE binary16 values (bit patterns) from `p`, widened to f32 (exactly: every f16
+    /// is an f32). `p` must be valid for `LANES` u16 reads (any alignment). The weight loads of
+    /// f16 panels (`elem.rs`).
+    unsafe fn load_f16(p: *const u16) -> Self;
+    /// A pair of bfloat16 depths, widened to f32 exactly: `p` holds `LANES` 32-bit words
+    /// (`2 * LANES` u16, any alignment), lane `l`'s word holding the first depth's bf16 in its
+    /// high half and the second's in its low half (u16 `2l + 1` and `2l`). One load, then one
+    /// `and` (first) and one shift left by 16 (second). `p` must be valid for `2 * LANES` u16
+    /// reads.
+    unsafe fn load_bf16_pair(p: *const u16) -> (Self, Self);
     /// Store all lanes at `p` (any alignment). `p` must be valid for `LANES` writes.
     unsafe fn store(self, p: *mut f32);
     /// Store the first `n < LANES` lanes at `p`. `p` must be valid for `n` writes.

@@ -3,6 +3,7 @@
 //! when no runtime-detected path is supported.
 
 use crate::activation::Activation;
+use crate::kernels::elem::WeightElem;
 use crate::kernels::gemm::{Family, TileArgs, micro};
 use crate::kernels::gemv::RowArgs;
 use crate::kernels::isa::Isa;
@@ -15,6 +16,7 @@ pub(crate) struct Portable(wide::f32x8);
 
 impl Simd for Portable {
     const LANES: usize = 8;
+    const REGISTERS: usize = 16;
     #[inline(always)]
     unsafe fn zero() -> Self {
         Portable(wide::f32x8::ZERO)
@@ -39,6 +41,28 @@ impl Simd for Portable {
     unsafe fn load_partial(p: *const f32, n: usize) -> Self {
         // SAFETY: trait contract.
         Portable(wide::f32x8::from(unsafe { partial_to_array::<8>(p, n) }))
+    }
+    #[inline(always)]
+    unsafe fn load_f16(p: *const u16) -> Self {
+        // SAFETY: trait contract (eight u16 at `p`; `read_unaligned` has no alignment need).
+        let h: [half::f16; 8] = bytemuck::cast(unsafe { (p as *const [u16; 8]).read_unaligned() });
+        let mut out = [0.0f32; 8];
+        // Through `half` (F16C when the CPU has it, else its exact software conversion).
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(&h[..], &mut out);
+        Portable(wide::f32x8::from(out))
+    }
+    #[inline(always)]
+    unsafe fn load_bf16_pair(p: *const u16) -> (Self, Self) {
+        // SAFETY: trait contract (sixteen u16 at `p`).
+        let h = unsafe { (p as *const [u16; 16]).read_unaligned() };
+        // Lane `l`'s pair is u16 `2l + 1` (first depth) and `2l` (second), whatever the byte order.
+        let widen = |i: usize| f32::from_bits(u32::from(h[i]) << 16);
+        let first: [f32; 8] = std::array::from_fn(|l| widen(2 * l + 1));
+        let second: [f32; 8] = std::array::from_fn(|l| widen(2 * l));
+        (
+            Portable(wide::f32x8::from(first)),
+            Portable(wide::f32x8::from(second)),
+        )
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
@@ -129,9 +153,11 @@ impl Simd for Portable {
 ///
 /// # Safety
 /// As [`micro`] (any CPU).
-unsafe fn tile<const MV: usize, const NR: usize, const P: bool>(t: &TileArgs<'_>) {
+unsafe fn tile<W: WeightElem, const MV: usize, const NR: usize, const P: bool>(
+    t: &TileArgs<'_, W>,
+) {
     // SAFETY: forwarded contract.
-    unsafe { micro::<Portable, MV, NR, P>(t) }
+    unsafe { micro::<Portable, W, MV, NR, P>(t) }
 }
 
 /// Portable row kernel for narrow layers.

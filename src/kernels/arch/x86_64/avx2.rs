@@ -9,6 +9,7 @@
 use std::arch::x86_64::*;
 
 use crate::activation::Activation;
+use crate::kernels::elem::WeightElem;
 use crate::kernels::gemm::{Family, TileArgs, micro};
 use crate::kernels::gemv::RowArgs;
 use crate::kernels::isa::Isa;
@@ -17,7 +18,10 @@ use crate::kernels::vmath;
 
 /// Whether this CPU can run the path.
 pub(crate) fn is_supported() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    // F16C (the f16 weight loads) is on every AVX2 CPU; checked anyway.
+    std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
 }
 
 /// The lane mask of the first `n < 8` lanes (all bits set in each enabled lane), read from a
@@ -41,6 +45,7 @@ pub(crate) struct Avx2(__m256);
 // the stated number of lanes. Unaligned loads/stores are used throughout.
 impl Simd for Avx2 {
     const LANES: usize = 8;
+    const REGISTERS: usize = 16;
     #[inline(always)]
     unsafe fn zero() -> Self {
         Avx2(_mm256_setzero_ps())
@@ -64,6 +69,20 @@ impl Simd for Avx2 {
         // SAFETY: `mask(n)` enables the first `n < 8` lanes; VMASKMOVPS neither reads nor faults
         // on the others, and the first `n` are valid (trait contract).
         Avx2(unsafe { _mm256_maskload_ps(p, mask(n)) })
+    }
+    #[inline(always)]
+    unsafe fn load_f16(p: *const u16) -> Self {
+        // SAFETY: trait contract (eight u16 at `p`); VCVTPH2PS needs F16C, which every entry
+        // point of this file enables and `is_supported` checks.
+        Avx2(unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) })
+    }
+    #[inline(always)]
+    unsafe fn load_bf16_pair(p: *const u16) -> (Self, Self) {
+        // SAFETY: trait contract (sixteen u16 at `p`).
+        let v = unsafe { _mm256_loadu_si256(p.cast()) };
+        let hi = _mm256_and_si256(v, _mm256_set1_epi32(0xffff_0000_u32 as i32));
+        let lo = _mm256_slli_epi32::<16>(v);
+        (Avx2(_mm256_castsi256_ps(hi)), Avx2(_mm256_castsi256_ps(lo)))
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
@@ -162,17 +181,19 @@ impl Simd for Avx2 {
 /// # Safety
 /// As [`micro`]; the CPU has AVX2 and FMA (checked by `Isa::is_supported` before the family is
 /// used).
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile<const MV: usize, const NR: usize, const P: bool>(t: &TileArgs<'_>) {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile<W: WeightElem, const MV: usize, const NR: usize, const P: bool>(
+    t: &TileArgs<'_, W>,
+) {
     // SAFETY: forwarded contract.
-    unsafe { micro::<Avx2, MV, NR, P>(t) }
+    unsafe { micro::<Avx2, W, MV, NR, P>(t) }
 }
 
 /// AVX2 + FMA row kernel for narrow layers.
 ///
 /// # Safety
 /// As [`RowFn`](crate::kernels::gemv::RowFn); the CPU supports the ISA.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows(t: &RowArgs<'_>) {
     // SAFETY: forwarded contract.
     unsafe { crate::kernels::gemv::rows::<Avx2>(t) }
@@ -182,7 +203,7 @@ unsafe fn rows(t: &RowArgs<'_>) {
 ///
 /// # Safety
 /// As [`act`].
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline(never)]
 unsafe fn act_tile(a: Activation, v: &mut [Avx2]) {
     // SAFETY: forwarded contract.
@@ -193,7 +214,7 @@ unsafe fn act_tile(a: Activation, v: &mut [Avx2]) {
 /// # Safety
 /// The CPU has the features enabled below (checked by `Isa::is_supported` before the family is
 /// used).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn act(a: Activation, v: &mut [f32]) {
     // SAFETY: forwarded contract.
     unsafe { vmath::apply_slice::<Avx2>(a, v) }
@@ -203,7 +224,7 @@ unsafe fn act(a: Activation, v: &mut [f32]) {
 ///
 /// # Safety
 /// As [`act`].
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn softmax(v: &mut [f32], width: usize) {
     // SAFETY: forwarded contract.
     unsafe { vmath::softmax_rows::<Avx2>(v, width) }
@@ -213,7 +234,7 @@ unsafe fn softmax(v: &mut [f32], width: usize) {
 ///
 /// # Safety
 /// As [`act`].
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn exp(v: &mut [f32]) {
     // SAFETY: forwarded contract.
     unsafe { vmath::exp_slice::<Avx2>(v) }

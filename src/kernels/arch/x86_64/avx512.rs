@@ -10,6 +10,7 @@
 use std::arch::x86_64::*;
 
 use crate::activation::Activation;
+use crate::kernels::elem::WeightElem;
 use crate::kernels::gemm::{Family, TileArgs, micro};
 use crate::kernels::gemv::RowArgs;
 use crate::kernels::isa::Isa;
@@ -29,6 +30,7 @@ pub(crate) struct Avx512(__m512);
 // stated number of lanes. Unaligned loads/stores are used throughout, so no alignment requirement.
 impl Simd for Avx512 {
     const LANES: usize = 16;
+    const REGISTERS: usize = 32;
     #[inline(always)]
     unsafe fn zero() -> Self {
         Avx512(_mm512_setzero_ps())
@@ -52,6 +54,22 @@ impl Simd for Avx512 {
         let m: __mmask16 = ((1u32 << n) - 1) as __mmask16;
         // SAFETY: masked-off lanes are not accessed (no fault), the rest are valid.
         Avx512(unsafe { _mm512_maskz_loadu_ps(m, p) })
+    }
+    #[inline(always)]
+    unsafe fn load_f16(p: *const u16) -> Self {
+        // SAFETY: trait contract (sixteen u16 at `p`); the 512-bit VCVTPH2PS is AVX-512F.
+        Avx512(unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) })
+    }
+    #[inline(always)]
+    unsafe fn load_bf16_pair(p: *const u16) -> (Self, Self) {
+        // SAFETY: trait contract (thirty-two u16 at `p`).
+        let v = unsafe { _mm512_loadu_si512(p.cast()) };
+        let hi = _mm512_and_si512(v, _mm512_set1_epi32(0xffff_0000_u32 as i32));
+        let lo = _mm512_slli_epi32::<16>(v);
+        (
+            Avx512(_mm512_castsi512_ps(hi)),
+            Avx512(_mm512_castsi512_ps(lo)),
+        )
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
@@ -148,9 +166,11 @@ impl Simd for Avx512 {
 /// # Safety
 /// As [`micro`]; the CPU has AVX-512F (checked by `Isa::is_supported` before the family is used).
 #[target_feature(enable = "avx512f")]
-unsafe fn tile<const MV: usize, const NR: usize, const P: bool>(t: &TileArgs<'_>) {
+unsafe fn tile<W: WeightElem, const MV: usize, const NR: usize, const P: bool>(
+    t: &TileArgs<'_, W>,
+) {
     // SAFETY: forwarded contract.
-    unsafe { micro::<Avx512, MV, NR, P>(t) }
+    unsafe { micro::<Avx512, W, MV, NR, P>(t) }
 }
 
 /// AVX-512 row kernel for narrow layers.
@@ -204,26 +224,37 @@ unsafe fn exp(v: &mut [f32]) {
     unsafe { vmath::exp_slice::<Avx512>(v) }
 }
 
+/// The AVX-512 tiles for weights of type `$w`.
+macro_rules! tiles16 {
+    ($w:ty) => {
+        crate::kernels::gemm::Tiles::<$w> {
+            // rows 1: 8 vectors (memory-bound GEMV, eight independent chains); 2: 6x2;
+            // 3-4: 4x4; 5-8: 3x8 (24 accumulators of 32 registers).
+            small: [
+                (1, 8, tile::<$w, 8, 1, false>, tile::<$w, 1, 1, false>),
+                (1, 8, tile::<$w, 8, 1, false>, tile::<$w, 1, 1, false>),
+                (2, 6, tile::<$w, 6, 2, false>, tile::<$w, 1, 2, false>),
+                (4, 4, tile::<$w, 4, 4, false>, tile::<$w, 1, 4, false>),
+                (4, 4, tile::<$w, 4, 4, false>, tile::<$w, 1, 4, false>),
+                (8, 3, tile::<$w, 3, 8, false>, tile::<$w, 1, 8, false>),
+                (8, 3, tile::<$w, 3, 8, false>, tile::<$w, 1, 8, false>),
+                (8, 3, tile::<$w, 3, 8, false>, tile::<$w, 1, 8, false>),
+                (8, 3, tile::<$w, 3, 8, false>, tile::<$w, 1, 8, false>),
+            ],
+            // 4 x 6: 24 accumulators, 4 weight vectors and a broadcast in 29 registers;
+            // 10 loads per 24 FMAs.
+            big: (6, 4, tile::<$w, 4, 6, true>, tile::<$w, 1, 6, true>),
+        }
+    };
+}
+
 /// The AVX-512 tile shapes.
 pub(crate) static FAMILY: Family = Family {
     isa: Isa::Avx512,
     lanes: 16,
-    // rows 1: 8 vectors (memory-bound GEMV, eight independent chains); 2: 6x2;
-    // 3-4: 4x4; 5-8: 3x8 (24 accumulators of 32 registers).
-    small: [
-        (1, 8, tile::<8, 1, false>, tile::<1, 1, false>),
-        (1, 8, tile::<8, 1, false>, tile::<1, 1, false>),
-        (2, 6, tile::<6, 2, false>, tile::<1, 2, false>),
-        (4, 4, tile::<4, 4, false>, tile::<1, 4, false>),
-        (4, 4, tile::<4, 4, false>, tile::<1, 4, false>),
-        (8, 3, tile::<3, 8, false>, tile::<1, 8, false>),
-        (8, 3, tile::<3, 8, false>, tile::<1, 8, false>),
-        (8, 3, tile::<3, 8, false>, tile::<1, 8, false>),
-        (8, 3, tile::<3, 8, false>, tile::<1, 8, false>),
-    ],
-    // 4 x 6: 24 accumulators, 4 weight vectors and a broadcast in 29 registers;
-    // 10 loads per 24 FMAs.
-    big: (6, 4, tile::<4, 6, true>, tile::<1, 6, true>),
+    f32: tiles16!(f32),
+    f16: tiles16!(half::f16),
+    bf16: tiles16!(half::bf16),
     rows,
     act,
     softmax,

@@ -1,0 +1,133 @@
+//! The element type of packed weight panels: f32, or f16 / bf16 widened to f32 in registers.
+//!
+//! The micro-kernel (`gemm.rs`) reads its weight vectors through [`WeightElem::load`], so that its
+//! one body serves the three types; accumulation, bias and epilogue stay f32. Half-precision panels
+//! halve the bytes a product streams, which is what a memory-bound (small-batch) layer waits for.
+
+use half::{bf16, f16};
+
+use super::gemm::{Family, Tiles};
+use super::simd::Simd;
+
+/// An element type of packed weights. Implemented for `f32`, `half::f16` and `half::bf16` only.
+pub(crate) trait WeightElem:
+    bytemuck::Pod + Send + Sync + std::fmt::Debug + 'static
+{
+    /// `v` in this type, rounded to nearest (ties to even). Exact for the weights a plan packs,
+    /// which the lowering already rounded (once, from f64) to this type. f32 beyond f16's range
+    /// becomes an infinity (the lowering refuses such weights before they get here).
+    fn from_f32(v: f32) -> Self;
+
+    /// The value as f32 (exact for all three types).
+    #[cfg(test)]
+    fn to_f32(self) -> f32;
+
+    /// Whether a panel holds its depths in pairs: the `2 * lanes` values of depths `kk` and
+    /// `kk + 1` (`kk` even) as `lanes` 32-bit words, feature `l`'s word holding depth `kk` in its
+    /// high half and `kk + 1` in its low half. Else depth `kk` is `lanes` consecutive values.
+    const PAIRED: bool;
+
+    /// Where the weight of depth `kk`, lane `l` goes in a panel of `lanes` lanes.
+    #[inline(always)]
+    fn index(kk: usize, l: usize, lanes: usize) -> usize {
+        if Self::PAIRED {
+            (kk & !1) * lanes + 2 * l + usize::from(kk.is_multiple_of(2))
+        } else {
+            kk * lanes + l
+        }
+    }
+
+    /// The `V::LANES` weights of depth `kk` (`ODD`: of depth `kk + 1`) of a panel, widened to
+    /// f32; `p` points at depth `kk`, which is even.
+    ///
+    /// # Safety
+    /// The CPU supports `V`'s instruction set (the [`Simd`] contract); `p` is valid for
+    /// `2 * V::LANES` reads of `Self` (any alignment) when `ODD` or `PAIRED`, else for `V::LANES`.
+    unsafe fn load<V: Simd, const ODD: bool>(p: *const Self) -> V;
+
+    /// The weights of depths `kk` and `kk + 1` (`kk` even) at `p`: `load::<V, false>` and
+    /// `load::<V, true>`, from one load where the layout pairs depths.
+    ///
+    /// # Safety
+    /// As [`WeightElem::load`] with `ODD`.
+    #[inline(always)]
+    unsafe fn load_pair<V: Simd>(p: *const Self) -> (V, V) {
+        // SAFETY: forwarded contract.
+        unsafe { (Self::load::<V, false>(p), Self::load::<V, true>(p)) }
+    }
+
+    /// This type's tile entry points in an ISA's table.
+    fn tiles(fam: &Family) -> &Tiles<Self>;
+}
+
+impl WeightElem for f32 {
+    #[inline(always)]
+    fn from_f32(v: f32) -> f32 {
+        v
+    }
+    #[cfg(test)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    const PAIRED: bool = false;
+    #[inline(always)]
+    unsafe fn load<V: Simd, const ODD: bool>(p: *const f32) -> V {
+        // SAFETY: forwarded contract (`LANES` f32 at depth `kk` or `kk + 1`).
+        unsafe { V::load(p.add(usize::from(ODD) * V::LANES)) }
+    }
+    fn tiles(fam: &Family) -> &Tiles<f32> {
+        &fam.f32
+    }
+}
+
+impl WeightElem for f16 {
+    #[inline(always)]
+    fn from_f32(v: f32) -> f16 {
+        f16::from_f32(v)
+    }
+    #[cfg(test)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    const PAIRED: bool = false;
+    #[inline(always)]
+    unsafe fn load<V: Simd, const ODD: bool>(p: *const f16) -> V {
+        // SAFETY: forwarded contract; `f16` is a `u16` bit pattern (`repr(transparent)`), so the
+        // depth's `LANES` values are `LANES` readable u16.
+        unsafe { V::load_f16(p.add(usize::from(ODD) * V::LANES).cast::<u16>()) }
+    }
+    fn tiles(fam: &Family) -> &Tiles<f16> {
+        &fam.f16
+    }
+}
+
+impl WeightElem for bf16 {
+    #[inline(always)]
+    fn from_f32(v: f32) -> bf16 {
+        bf16::from_f32(v)
+    }
+    #[cfg(test)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    /// Paired: one 32-bit word per feature holds two depths, so widening is one `and` (the high
+    /// half, depth `kk`) or one shift (the low half, `kk + 1`) per vector, with no
+    /// zero-extension (measured on the AVX2 machine of docs/PERFORMANCE.md: 0.66 ns per vector of
+    /// 8 weights with the FMA, against 1.23 ns for a zero-extend and shift, 1.20 ns for F16C).
+    const PAIRED: bool = true;
+    #[inline(always)]
+    unsafe fn load<V: Simd, const ODD: bool>(p: *const bf16) -> V {
+        // SAFETY: as for `f16`: the pair's `2 * LANES` u16 at `p`. (The half not asked for is
+        // computed and dropped: one `and` or shift, removed by the optimiser.)
+        let (first, second) = unsafe { V::load_bf16_pair(p.cast::<u16>()) };
+        if ODD { second } else { first }
+    }
+    #[inline(always)]
+    unsafe fn load_pair<V: Simd>(p: *const bf16) -> (V, V) {
+        // SAFETY: as in `load`.
+        unsafe { V::load_bf16_pair(p.cast::<u16>()) }
+    }
+    fn tiles(fam: &Family) -> &Tiles<bf16> {
+        &fam.bf16
+    }
+}
