@@ -514,21 +514,21 @@ impl Model {
                 }
                 Ok(())
             };
+            // The layer's width must be the width flowing into it.
+            let check_chain = |index: usize, expected: usize, found: usize| {
+                if expected == found {
+                    Ok(())
+                } else {
+                    Err(self.layer_err(index, LayerError::WidthMismatch { expected, found }))
+                }
+            };
             match layer.kind {
                 LayerKind::Dense {
                     inputs, outputs, ..
                 } => {
                     check_width(index, "inputs", inputs)?;
                     check_width(index, "outputs", outputs)?;
-                    if inputs != width {
-                        return Err(self.layer_err(
-                            index,
-                            LayerError::WidthMismatch {
-                                expected: inputs,
-                                found: width,
-                            },
-                        ));
-                    }
+                    check_chain(index, inputs, width)?;
                     check_tensors()?;
                     width = outputs;
                 }
@@ -539,15 +539,7 @@ impl Model {
                     ..
                 } => {
                     check_width(index, "features", features)?;
-                    if features != width {
-                        return Err(self.layer_err(
-                            index,
-                            LayerError::WidthMismatch {
-                                expected: features,
-                                found: width,
-                            },
-                        ));
-                    }
+                    check_chain(index, features, width)?;
                     if !eps.is_finite() || eps < 0.0 {
                         return Err(self.layer_err(index, LayerError::BadEps(eps)));
                     }
@@ -574,15 +566,7 @@ impl Model {
                 }
                 LayerKind::Affine { features, .. } => {
                     check_width(index, "features", features)?;
-                    if features != width {
-                        return Err(self.layer_err(
-                            index,
-                            LayerError::WidthMismatch {
-                                expected: features,
-                                found: width,
-                            },
-                        ));
-                    }
+                    check_chain(index, features, width)?;
                     check_tensors()?;
                 }
                 LayerKind::Activation(a) => {
