@@ -302,6 +302,21 @@ impl Model {
         self.output_features
     }
 
+    /// The widest row any layer produces, or the input: the row width a plan's buffers hold
+    /// (`Plan::max_width` of any plan compiled from this model), known without compiling.
+    pub fn max_width(&self) -> usize {
+        self.parsed
+            .layers
+            .iter()
+            .filter_map(|l| match l.kind {
+                LayerKind::Dense { outputs, .. } => Some(outputs),
+                _ => None,
+            })
+            .chain([self.parsed.input_features])
+            .max()
+            .unwrap_or(1)
+    }
+
     /// The layers, in execution order.
     pub fn layers(&self) -> &[LayerRecord] {
         &self.parsed.layers

@@ -198,16 +198,7 @@ impl VerifyReport {
 /// and next layer (f64), and two buffers per plan (f32) of the widest layer. A caller with a
 /// memory budget divides it by this to choose a batch (as `bnfold verify` does).
 pub fn bytes_per_row(model: &Model) -> u64 {
-    let widest = model
-        .layers()
-        .iter()
-        .filter_map(|l| match l.kind {
-            crate::format::LayerKind::Dense { outputs, .. } => Some(outputs),
-            _ => None,
-        })
-        .chain([model.input_features()])
-        .max()
-        .unwrap_or(1) as u64;
+    let widest = model.max_width() as u64;
     let input = model.input_features() as u64;
     (4 * input).saturating_add(widest.saturating_mul(2 * 8 + 2 * 2 * 4))
 }

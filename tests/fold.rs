@@ -35,6 +35,9 @@ fn check(input_width: usize, layers: &[L], seed: u64, dtype: DType, stats: Stats
     let want = reference::forward(&model, &x64, batch).unwrap();
     let folded = model.compile(&Options::folded()).unwrap();
     let unfolded = model.compile(&Options::unfolded()).unwrap();
+    // The model knows the plans' buffer width without compiling (bench and verify budget by it).
+    assert_eq!(model.max_width(), folded.max_width());
+    assert_eq!(model.max_width(), unfolded.max_width());
     let yf = folded.session().run(&x, batch).unwrap().to_vec();
     let yu = unfolded.session().run(&x, batch).unwrap().to_vec();
     let ef = normwise_error(&yf, &want);

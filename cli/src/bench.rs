@@ -51,13 +51,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     };
     let model = crate::load_model(&args.file)?;
     // Each configuration holds its input and a session's two buffers of the widest layer.
-    let widest = model
-        .compile(
-            &bnfold::Options::default()
-                .with_kernel(kernel)
-                .with_weights(args.weights),
-        )?
-        .max_width() as u64;
+    let widest = model.max_width() as u64;
     let per_row = 4 * (model.input_features() as u64 + 2 * widest);
     let budget = args.max_memory_mib.saturating_mul(1 << 20);
     if let Some(&b) = args
