@@ -91,8 +91,28 @@ impl Simd for Avx2 {
     }
     #[inline(always)]
     unsafe fn store_partial(self, p: *mut f32, n: usize) {
-        // SAFETY: as in `load_partial`: only the first `n` lanes are written.
-        unsafe { _mm256_maskstore_ps(p, mask(n), self.0) }
+        // Plain stores of 4, 2 and 1 lanes (by the bits of `n`) rather than VMASKMOVPS, whose
+        // store form is microcoded on AMD Zen (several cycles each, and a later load of the same
+        // bytes cannot be forwarded from it).
+        // SAFETY: only the first `n < 8` lanes at `p` are written (trait contract: they are
+        // valid), each by an unaligned store of its own lanes.
+        unsafe {
+            let mut lo = _mm256_castps256_ps128(self.0);
+            let mut p = p;
+            if n & 4 != 0 {
+                _mm_storeu_ps(p, lo);
+                lo = _mm256_extractf128_ps::<1>(self.0);
+                p = p.add(4);
+            }
+            if n & 2 != 0 {
+                _mm_store_sd(p.cast(), _mm_castps_pd(lo));
+                lo = _mm_movehl_ps(lo, lo);
+                p = p.add(2);
+            }
+            if n & 1 != 0 {
+                _mm_store_ss(p, lo);
+            }
+        }
     }
     #[inline(always)]
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
