@@ -731,3 +731,48 @@ fn plan_options_pack_half_weights_on_every_path() {
         }
     }
 }
+
+/// The blocked driver with tiny blocks (depth 16, a few panels per weight block, 24 rows per
+/// input block): every boundary (depth blocks, weight blocks copied contiguous, input blocks, an
+/// odd last depth block of paired bf16 panels) on small shapes, every weight type and path, on an
+/// exact grid (eighths: every product and partial sum is exact in f32), so the result must equal
+/// the f64 reference bit for bit.
+#[test]
+fn tiny_blocks_cross_every_boundary_exactly() {
+    let mut g = Gen::new(0xb10c_b10c);
+    for &m in &[1, 5, 23, 24, 25, 49, 100] {
+        for &k in &[1, 15, 16, 17, 31, 33, 70] {
+            for &n in &[1, 7, 9, 17, 33, 70, 150] {
+                let x = g.vec(m * k, Gen::eighths);
+                let w = g.vec(n * k, Gen::eighths);
+                let b = g.vec(n, Gen::eighths);
+                let want = reference(&x, &w, &b, m, k, n);
+                for isa in Isa::supported() {
+                    for dtype in [bnfold::DType::F32, bnfold::DType::F16, bnfold::DType::BF16] {
+                        let kern = DenseKernel::with_weights(
+                            k,
+                            n,
+                            &w,
+                            &b,
+                            KernelChoice::Force(isa),
+                            dtype,
+                        )
+                        .with_tiny_blocking();
+                        assert_eq!(kern.blocking().kc, 16);
+                        let mut y = vec![f32::NAN; m * n];
+                        kern.forward_with_driver(&x, m, &mut y, &[], true);
+                        for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
+                            assert_eq!(
+                                got as f64,
+                                want,
+                                "{isa} {dtype} m={m} k={k} n={n} at ({}, {})",
+                                i / n,
+                                i % n
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -15,9 +15,12 @@
 //!   (tract's kernel families, by batch size);
 //! - the *blocked* path: the BLIS loops (`NC` rows of `X`, `KC` of depth, `MC` features, then the
 //!   `NR` x `MV*LANES` micro-tiles), with `X` packed per `KC x NC` block into `NR`-row micro-panels
-//!   that stay in L1 while the L2-resident block of `W` streams past them.
+//!   that stay in L1 while the L2-resident block of `W` (copied contiguous per `KC x MC` block)
+//!   streams past them. `KC`, `MC` and `NC` are derived from the running processor's cache sizes
+//!   when the layer is packed ([`Blocking`], `cache.rs`).
 
 use super::EpilogueOp;
+use super::cache::Blocking;
 use super::elem::WeightElem;
 use super::isa::Isa;
 use super::simd::Simd;
@@ -26,50 +29,23 @@ use crate::activation::Activation;
 /// Batches up to this size take the small-batch (streaming, unpacked) path.
 pub(crate) const SMALL_BATCH: usize = 8;
 
-/// Layers whose weights hold at most this many f32 (16 MiB, half of the 32 MiB L3 of the target)
-/// take the unpacked path at any batch, and so do products whose inputs hold at most
-/// [`UNPACKED_MAX_INPUTS`]. The unpacked driver takes the weights in L2-sized panel groups and runs
-/// every chunk of 8 rows over each group, reading the inputs straight from the caller's rows; it
-/// saves the packing of `X` and the reloads of the output between depth blocks. Measured on the
-/// target, one thread, both drivers back to back (GFLOP/s, unpacked vs blocked): 2048x2048 at
-/// batch 256 and 2048: 226-228 vs 208-210 and 202-219 vs 200-204; 1024x1024 at 1024: 223-227 vs
-/// 197-201; 784x1024 at 64 and 1024: 224-236 vs 201-211; 4096x4096 at 64 and 512: 211-221 vs
-/// 185-214; but 4096x4096 at 1024 and 2048 (16 and 32 MiB of inputs, re-read per panel group):
-/// 193-217 vs 219-221, so those are blocked.
-pub(crate) const UNPACKED_MAX_WEIGHTS: usize = 4 << 20;
-
-/// See [`UNPACKED_MAX_WEIGHTS`]: 8 MiB of inputs.
-pub(crate) const UNPACKED_MAX_INPUTS: usize = 2 << 20;
-
-/// Whether a product takes the unpacked path. Decided from the whole problem (not from one
-/// task's share of it), so that the summation order never depends on the thread count.
-pub(crate) fn unpacked_path(batch: usize, k: usize, n: usize) -> bool {
+/// Whether a product takes the unpacked path: batches up to [`SMALL_BATCH`], and products whose
+/// weights or inputs fit the L3 ([`Blocking::unpacked_max_weights`],
+/// [`Blocking::unpacked_max_inputs`]). The unpacked driver takes the weights in L2-sized panel
+/// groups and runs every chunk of 8 rows over each group, reading the inputs straight from the
+/// caller's rows; it saves the packing of `X` and the reloads of the output between depth blocks.
+/// Measured on the AVX-512 development machine (32 MiB L3), one thread, both drivers back to back
+/// (GFLOP/s, unpacked vs blocked): 2048x2048 at batch 256 and 2048: 226-228 vs 208-210 and
+/// 202-219 vs 200-204; 1024x1024 at 1024: 223-227 vs 197-201; 784x1024 at 64 and 1024: 224-236 vs
+/// 201-211; 4096x4096 at 64 and 512: 211-221 vs 185-214; but 4096x4096 at 1024 and 2048 (16 and
+/// 32 MiB of inputs, re-read per panel group): 193-217 vs 219-221, so those are blocked. Decided
+/// from the whole problem (not from one task's share of it), so that the summation order never
+/// depends on the thread count.
+pub(crate) fn unpacked_path(b: &Blocking, batch: usize, k: usize, n: usize) -> bool {
     batch <= SMALL_BATCH
-        || k.saturating_mul(n) <= UNPACKED_MAX_WEIGHTS
-        || batch.saturating_mul(k) <= UNPACKED_MAX_INPUTS
+        || k.saturating_mul(n) <= b.unpacked_max_weights
+        || batch.saturating_mul(k) <= b.unpacked_max_inputs
 }
-
-/// Weights per panel group of the unpacked path with many rows (a quarter of the 1 MiB L2).
-const UNPACKED_GROUP_BYTES: usize = 256 << 10;
-
-/// Depth of one block (`KC`): a packed `X` micro-panel is `KC * NR * 4` bytes (12 KiB for
-/// AVX-512, NR = 6), a quarter of the 48 KiB L1d of the target machine (AMD Zen 5), so it stays
-/// resident while the weight micro-panels stream through from L2. Deeper blocks also mean fewer
-/// reloads of the output tile (once per block).
-const KC: usize = 512;
-// Depth blocks start at even depths, where the depth pairs of a paired panel (bf16) start.
-const _: () = assert!(KC.is_multiple_of(2));
-
-/// Features per block (`MC`): the weight block is `MC * KC * 4` bytes = 512 KiB, half of the
-/// 1 MiB per-core L2, leaving room for the streamed `X` micro-panels and the output rows.
-/// (KC/MC measured at 256/512, 512/256, 512/512, 384/384 and 256/1024 on the target: 512/256 was
-/// the most consistent on 2048 squares; the machine was shared, so differences under ~10% are
-/// noise.)
-const MC: usize = 256;
-
-/// Rows of `X` per block (`NC`): the packed `X` block is `NC * KC * 4` bytes = 1.5 MiB, in the
-/// shared L3 (32 MiB), and a multiple of every `NR` (6 and 8).
-const NC: usize = 768;
 
 /// Memory of packed weights (elements `W`): large blocks are anonymous mappings advised to use
 /// transparent huge pages (on Linux), so that streaming many panels side by side does not walk a
@@ -665,6 +641,41 @@ thread_local! {
     /// Per-thread buffer for packed `X` blocks, grown once and reused (no allocation per call
     /// once warm).
     static XPACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per-thread buffer for the current block of weights (`MC` features by `KC` depths, in the
+    /// packed type, viewed as f32 words), grown once and reused.
+    static WBLOCK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Copy the segments of panels `panels` at depths `pc .. pc + kc` of `w` into `buf`, panel `j`
+/// at `j * bstride`: the weight block the blocked driver streams once per input micro-panel,
+/// made contiguous. In place, the block is `MC / LANES` segments `k * LANES` apart; with `k` a
+/// multiple of a few hundred they fall into the same sets of a set-associative L2 and evict one
+/// another before they are reused (simulated with cachegrind, 512 KiB 8-way: as many L2 misses as
+/// reads of the block). Contiguous, the block fills half of L2 without conflicts. The copy costs
+/// one read of the block per `NC / NR` reads by the micro-kernel.
+fn copy_block<W: WeightElem>(
+    buf: &mut [W],
+    w: &Packed<W>,
+    panels: std::ops::Range<usize>,
+    pc: usize,
+    kc: usize,
+    bstride: usize,
+) {
+    // A paired layout's last odd depth reads its whole pair.
+    let seg = kc.next_multiple_of(2) * w.lanes;
+    let src = &w.data.as_slice()[w.offset..];
+    for (j, p) in panels.enumerate() {
+        let from = p * w.stride + pc * w.lanes;
+        buf[j * bstride..j * bstride + seg].copy_from_slice(&src[from..from + seg]);
+    }
+}
+
+/// Elements between panels of a copied weight block of depth `kc`: the segment rounded up to a
+/// cache line, plus one line (as [`Packed::stride`], so that the panels a tile reads side by side
+/// do not share L1 sets).
+fn block_stride<W>(kc: usize, lanes: usize) -> usize {
+    let line = line_of::<W>();
+    (kc.next_multiple_of(2) * lanes).div_ceil(line) * line + line
 }
 
 /// Compute rows `rows` and panels `panels` of the output, by the unpacked path if `unpacked`
@@ -677,6 +688,7 @@ thread_local! {
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn run_block<W: WeightElem>(
     unpacked: bool,
+    blocking: &Blocking,
     fam: &Family,
     w: &Packed<W>,
     x: &[f32],
@@ -721,7 +733,7 @@ pub(crate) unsafe fn run_block<W: WeightElem>(
         let group = if rows.len() <= SMALL_BATCH {
             panels.len().max(1)
         } else {
-            (UNPACKED_GROUP_BYTES / (w.stride * size_of::<W>())).max(mv8) / mv8 * mv8
+            (blocking.group_bytes / (w.stride * size_of::<W>())).max(mv8) / mv8 * mv8
         };
         for g0 in panels.clone().step_by(group) {
             let g1 = (g0 + group).min(panels.end);
@@ -758,54 +770,72 @@ pub(crate) unsafe fn run_block<W: WeightElem>(
     }
 
     let (nr, mv, full, one) = tiles.big;
-    XPACK.with_borrow_mut(|buf| {
-        let need = NC.div_ceil(nr) * nr * KC;
-        if buf.len() < need {
-            buf.resize(need, 0.0);
+    let Blocking {
+        kc: kc_max,
+        mc,
+        nc: nc_max,
+        ..
+    } = *blocking;
+    let mc_panels = (mc / l).max(mv) / mv * mv;
+    let bstride = block_stride::<W>(kc_max, l);
+    // The weight block as `W`, in f32 words (2-byte types pack two per word).
+    let wwords = (mc_panels * bstride * size_of::<W>()).div_ceil(4);
+    WBLOCK.with_borrow_mut(|wbuf| {
+        if wbuf.len() < wwords {
+            wbuf.resize(wwords, 0.0);
         }
-        let mc_panels = (MC / l).max(mv) / mv * mv;
-        for jc in rows.clone().step_by(NC) {
-            let nc = NC.min(rows.end - jc);
-            for pc in (0..k).step_by(KC) {
-                let kc = KC.min(k - pc);
-                let last = pc + kc == k;
-                pack_x(&mut buf[..], x, k, jc, nc, pc, kc, nr);
-                for ic in panels.clone().step_by(mc_panels) {
-                    let ic_end = (ic + mc_panels).min(panels.end);
-                    for jr in (0..nc).step_by(nr) {
-                        let nrows = nr.min(nc - jr);
-                        let mut p = ic;
-                        while p < ic_end {
-                            let (m, f) = if ic_end - p >= mv {
-                                (mv, full)
-                            } else {
-                                (1, one)
-                            };
-                            let t = TileArgs {
-                                kc,
-                                a: w.panel_ptr(p, pc),
-                                a_stride: w.stride,
-                                x: buf.as_ptr().wrapping_add(jr * kc),
-                                x_rs: 0,
-                                rows: nrows,
-                                c: y.0.wrapping_add((jc + jr) * n + p * l),
-                                ldc: n,
-                                lanes_last: lanes_of(p + m),
-                                accumulate: pc > 0,
-                                epi: if last { Some(epi(p)) } else { None },
-                            };
-                            // SAFETY: as in the small path; `buf` holds the packed micro-panel
-                            // of `kc * nr` values at `jr * kc`.
-                            unsafe { f(&t) };
-                            if last {
-                                post(jc + jr, nrows, p, p + m);
+        let wblock: &mut [W] = bytemuck::cast_slice_mut(&mut wbuf[..wwords]);
+        XPACK.with_borrow_mut(|buf| {
+            let need = nc_max.div_ceil(nr) * nr * kc_max;
+            if buf.len() < need {
+                buf.resize(need, 0.0);
+            }
+            for jc in rows.clone().step_by(nc_max) {
+                let nc = nc_max.min(rows.end - jc);
+                for pc in (0..k).step_by(kc_max) {
+                    let kc = kc_max.min(k - pc);
+                    let last = pc + kc == k;
+                    pack_x(&mut buf[..], x, k, jc, nc, pc, kc, nr);
+                    for ic in panels.clone().step_by(mc_panels) {
+                        let ic_end = (ic + mc_panels).min(panels.end);
+                        copy_block(wblock, w, ic..ic_end, pc, kc, bstride);
+                        for jr in (0..nc).step_by(nr) {
+                            let nrows = nr.min(nc - jr);
+                            let mut p = ic;
+                            while p < ic_end {
+                                let (m, f) = if ic_end - p >= mv {
+                                    (mv, full)
+                                } else {
+                                    (1, one)
+                                };
+                                let t = TileArgs {
+                                    kc,
+                                    a: wblock.as_ptr().wrapping_add((p - ic) * bstride),
+                                    a_stride: bstride,
+                                    x: buf.as_ptr().wrapping_add(jr * kc),
+                                    x_rs: 0,
+                                    rows: nrows,
+                                    c: y.0.wrapping_add((jc + jr) * n + p * l),
+                                    ldc: n,
+                                    lanes_last: lanes_of(p + m),
+                                    accumulate: pc > 0,
+                                    epi: if last { Some(epi(p)) } else { None },
+                                };
+                                // SAFETY: as in the small path, with the weights of panels
+                                // `p..p+m` copied to `wblock` (`bstride` apart, each the whole
+                                // `kc`-deep segment); `buf` holds the packed micro-panel of `kc * nr`
+                                // values at `jr * kc`.
+                                unsafe { f(&t) };
+                                if last {
+                                    post(jc + jr, nrows, p, p + m);
+                                }
+                                p += m;
                             }
-                            p += m;
                         }
                     }
                 }
             }
-        }
+        });
     });
 }
 

@@ -18,6 +18,7 @@
 
 pub mod activation;
 mod arch;
+pub mod cache;
 mod elem;
 mod gemm;
 mod gemv;
@@ -29,6 +30,7 @@ use rayon::prelude::*;
 use wide::f32x8;
 
 use crate::format::{Activation, DType};
+pub use cache::{Blocking, CACHES_ENV, CacheSource, Caches};
 use elem::WeightElem;
 use gemm::{Family, OutPtr, Packed};
 use half::{bf16, f16};
@@ -160,6 +162,9 @@ pub struct DenseKernel {
     outputs: usize,
     isa: Isa,
     weights: Weights,
+    /// Block sizes for this ISA's tile and weight type on this machine's caches (fixed at pack
+    /// time: they set the order of the depth sums).
+    blocking: Blocking,
 }
 
 /// The layouts of a dense layer's weights.
@@ -220,7 +225,14 @@ impl DenseKernel {
         );
         assert_eq!(bias.len(), outputs, "bias length");
         let isa = choice.resolve();
-        let lanes = Family::of(isa).lanes;
+        let fam = Family::of(isa);
+        let lanes = fam.lanes;
+        let elem = match weights {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        };
+        let (nr, mv, ..) = fam.f32.big;
+        let blocking = Blocking::derive(&Caches::detect(), nr, mv * lanes, elem);
         let weights = if gemv::narrow(outputs, lanes) {
             Weights::Rows(gemv::Rows::new(weight, bias, outputs, inputs))
         } else {
@@ -235,6 +247,7 @@ impl DenseKernel {
             outputs,
             isa,
             weights,
+            blocking,
         }
     }
 
@@ -263,6 +276,26 @@ impl DenseKernel {
         }
     }
 
+    /// The block sizes its blocked driver uses (derived from the caches when it was packed).
+    pub fn blocking(&self) -> &Blocking {
+        &self.blocking
+    }
+
+    /// This kernel with the blocking of a machine with tiny caches (1 KiB L1d, 8 KiB L2, 16 KiB
+    /// L3: depth blocks of 16, a few panels per block, 24 rows per input block), so that tests
+    /// reach every block boundary of the blocked driver with small shapes.
+    #[doc(hidden)]
+    pub fn with_tiny_blocking(mut self) -> Self {
+        let fam = Family::of(self.isa);
+        let (nr, mv, ..) = fam.f32.big;
+        let elem = match self.weight_type() {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        };
+        self.blocking = Blocking::derive(&Caches::TINY, nr, mv * fam.lanes, elem);
+        self
+    }
+
     /// Bytes of (packed, padded) weights and bias held.
     pub fn weight_bytes(&self) -> usize {
         match &self.weights {
@@ -280,7 +313,7 @@ impl DenseKernel {
     /// Panics if the lengths disagree, or if a per-feature vector of `epilogue` is shorter than
     /// `outputs`.
     pub fn forward(&self, x: &[f32], batch: usize, y: &mut [f32], epilogue: &[EpilogueOp]) {
-        let unpacked = gemm::unpacked_path(batch, self.inputs, self.outputs);
+        let unpacked = gemm::unpacked_path(&self.blocking, batch, self.inputs, self.outputs);
         self.forward_impl(x, batch, y, epilogue, unpacked);
     }
 
@@ -347,7 +380,19 @@ impl DenseKernel {
             // SAFETY: `self.isa` was resolved to a supported path at construction; `x` and `y`
             // have the checked lengths; the rectangle `rows x cols` is inside `y` and, in the
             // parallel cases below, disjoint from every other task's rectangle.
-            unsafe { gemm::run_block(unpacked, fam, packed, x, rows, cols, out, epilogue) }
+            unsafe {
+                gemm::run_block(
+                    unpacked,
+                    &self.blocking,
+                    fam,
+                    packed,
+                    x,
+                    rows,
+                    cols,
+                    out,
+                    epilogue,
+                )
+            }
         };
         // Checked before asking rayon anything: a small layer never touches (or starts) a pool.
         let macs = batch.saturating_mul(k).saturating_mul(n);
