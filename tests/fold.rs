@@ -751,6 +751,75 @@ fn kept_unfolded(model: &Model) -> (Vec<usize>, usize) {
 }
 
 #[test]
+fn shipped_models_and_ordinary_networks_still_fold_completely() {
+    // The fold-overflow rule must cost ordinary models nothing: every BN folds (no BN op in the
+    // folded lowering) and the folded plans keep the step counts they had before the rule.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let mut shipped: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "bnw"))
+        .collect();
+    shipped.sort();
+    let steps_before = [("digits.bnw", 4), ("morvan.bnw", 8)];
+    assert_eq!(shipped.len(), steps_before.len(), "{shipped:?}");
+    for (path, (name, steps)) in shipped.iter().zip(steps_before) {
+        assert!(path.ends_with(name), "{}", path.display());
+        let model = Model::load(path).unwrap();
+        assert_eq!(kept_unfolded(&model), (vec![], steps), "{name}");
+    }
+    // The fuzz seeds' valid networks (every layer kind, dtype and placement) and the synthetic
+    // networks the tests and benchmarks use.
+    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/parse_bytes");
+    for p in std::fs::read_dir(&seeds)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+    {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".bnw") && !name.starts_with("invalid_") {
+            let model = Model::load(&p).unwrap();
+            assert_eq!(kept_unfolded(&model).0, Vec::<usize>::new(), "{name}");
+        }
+    }
+    let mlp = |input, input_bn, hidden: &[usize], act, output| {
+        let bytes = bnfold::synth::mlp(input, input_bn, hidden, act, output, 42).unwrap();
+        Model::from_bytes(&bytes).unwrap()
+    };
+    for act in [Activation::Relu, Activation::Tanh] {
+        // The tutorial shape: input BN, 7 x (dense 30, BN, act), dense 1: 8 dense steps.
+        let (kept, steps) = kept_unfolded(&mlp(1, true, &[30; 7], act, 1));
+        assert_eq!((kept, steps), (vec![], 8));
+    }
+    // The "wide" benchmark network: 784 -> 3 x 1024 -> 10.
+    let (kept, steps) = kept_unfolded(&mlp(784, false, &[1024; 3], Activation::Relu, 10));
+    assert_eq!((kept, steps), (vec![], 4));
+    // Every placement the other tests of this file fold, with tiny variances and large means.
+    let stats = Stats {
+        var_lo: 1e-6,
+        var_hi: 1e-6,
+        mean_abs: 100.0,
+        ..Stats::default()
+    };
+    let layers = [
+        L::Bn,
+        L::Dense(16),
+        L::Bn,
+        L::Bn,
+        RELU,
+        L::Bn,
+        L::Dense(8),
+        L::Affine(true, true),
+        L::Act(Activation::GeluErf),
+        L::Dense(4),
+        L::Bn,
+    ];
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let model = Model::from_bytes(&network(6, &layers, 9, dtype, stats)).unwrap();
+        assert_eq!(kept_unfolded(&model), (vec![], 3), "{dtype:?}");
+    }
+}
+
+#[test]
 fn the_overflow_rule_bounds_each_layer_by_what_the_layers_before_it_can_produce() {
     // The model input is small, but the first dense layer (weights 1e30, no BN) makes the second
     // one's inputs 1e30: a rule that assumed every layer's inputs within INPUT_BOUND would fold
