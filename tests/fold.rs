@@ -657,3 +657,203 @@ fn an_elementwise_affine_does_not_overflow_between_multiply_and_add() {
         assert!(y.is_finite() && (y / 3e38 - 1.0).abs() < 1e-6, "{y}");
     }
 }
+
+/// Folded and unfolded outputs of `model` on one input row.
+fn run_both(model: &Model, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let run = |opts: Options| {
+        model
+            .compile(&opts)
+            .unwrap()
+            .session()
+            .run(x, 1)
+            .unwrap()
+            .to_vec()
+    };
+    (run(Options::folded()), run(Options::unfolded()))
+}
+
+#[test]
+fn a_dense_layer_whose_folded_partial_sums_would_overflow_stays_unfolded() {
+    // Issue 11 (found by the parse_bytes fuzz target): a BN of scale s = 3e38 after a dense
+    // layer. Every folded weight (3e38) and the folded bias fit f32, but at x = [2, -2] the
+    // folded products are +-6e38: inf - inf. The unfolded path computes z = 2 - 2 + 4 = 4 = mean,
+    // and gamma * (z - mean) / 1 + beta = 0.5. The second feature is an ordinary BN.
+    let mut w = bnfold::format::Writer::new(2);
+    w.add_dense(
+        "fc",
+        DType::F32,
+        2,
+        2,
+        &[1.0, 1.0, 0.5, -0.25],
+        Some(&[4.0, 0.1]),
+    )
+    .unwrap();
+    w.add_batch_norm(
+        "bn",
+        DType::F32,
+        0.0,
+        Some(&[3e38, 1.5]),
+        Some(&[0.5, -0.2]),
+        &[4.0, 0.3],
+        &[1.0, 0.25],
+    )
+    .unwrap();
+    w.activation("act", Activation::Relu).unwrap();
+    let model = Model::from_bytes(&w.to_bytes().unwrap()).unwrap();
+    let (yf, yu) = run_both(&model, &[2.0, -2.0]);
+    // Feature 1: 1.5 * (0.5 * 2 + 0.25 * 2 + 0.1 - 0.3) / sqrt(0.25) - 0.2 = 3.7.
+    assert_eq!(yu[0], 0.5);
+    assert!((yu[1] - 3.7).abs() < 1e-5, "{yu:?}");
+    // Kept unfolded, the layer computes exactly what the unfolded path computes.
+    assert_eq!(yf, yu, "folded {yf:?}, unfolded {yu:?}");
+    // And it is still one step: dense with the BN and the activation in its epilogue.
+    assert_eq!(model.compile(&Options::folded()).unwrap().num_steps(), 1);
+}
+
+#[test]
+fn a_bn_whose_forward_fold_would_overflow_the_partial_sums_stays_unfolded() {
+    // The same on the input side: BN (s = 3e38, mean 1) -> dense [1, -1]. At x = [1.5, 1.5] the
+    // unfolded path normalises to [1.5e38, 1.5e38] and the dense layer cancels them (0 + 0.25);
+    // folded forward, the products 3e38 * 1.5 overflow.
+    let mut w = bnfold::format::Writer::new(2);
+    w.add_batch_norm(
+        "bn",
+        DType::F32,
+        0.0,
+        Some(&[3e38, 3e38]),
+        None,
+        &[1.0, 1.0],
+        &[1.0, 1.0],
+    )
+    .unwrap();
+    w.add_dense("fc", DType::F32, 1, 2, &[1.0, -1.0], Some(&[0.25]))
+        .unwrap();
+    let model = Model::from_bytes(&w.to_bytes().unwrap()).unwrap();
+    let (yf, yu) = run_both(&model, &[1.5, 1.5]);
+    assert_eq!(yu, [0.25]);
+    assert_eq!(yf, yu, "folded {yf:?}, unfolded {yu:?}");
+}
+
+/// The layers a folded lowering of `model` keeps in their own BN form (the fold-overflow rule,
+/// `bnfold::fold::INPUT_BOUND`), and the number of steps of its folded plan.
+fn kept_unfolded(model: &Model) -> (Vec<usize>, usize) {
+    use bnfold::fold::{Lowered, lower};
+    use bnfold::kernels::EpilogueOp;
+    let mut kept = Vec::new();
+    lower(model, &Options::folded(), &mut |s| {
+        if let Lowered::Elementwise(EpilogueOp::BatchNorm { .. }) = s.op {
+            kept.push(s.last_layer);
+        }
+        Ok(())
+    })
+    .unwrap();
+    (kept, model.compile(&Options::folded()).unwrap().num_steps())
+}
+
+#[test]
+fn shipped_models_and_ordinary_networks_still_fold_completely() {
+    // The fold-overflow rule must cost ordinary models nothing: every BN folds (no BN op in the
+    // folded lowering) and the folded plans keep the step counts they had before the rule.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let mut shipped: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "bnw"))
+        .collect();
+    shipped.sort();
+    let steps_before = [("digits.bnw", 4), ("morvan.bnw", 8)];
+    assert_eq!(shipped.len(), steps_before.len(), "{shipped:?}");
+    for (path, (name, steps)) in shipped.iter().zip(steps_before) {
+        assert!(path.ends_with(name), "{}", path.display());
+        let model = Model::load(path).unwrap();
+        assert_eq!(kept_unfolded(&model), (vec![], steps), "{name}");
+    }
+    // The fuzz seeds' valid networks (every layer kind, dtype and placement) and the synthetic
+    // networks the tests and benchmarks use.
+    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/parse_bytes");
+    for p in std::fs::read_dir(&seeds)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+    {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".bnw") && !name.starts_with("invalid_") {
+            let model = Model::load(&p).unwrap();
+            assert_eq!(kept_unfolded(&model).0, Vec::<usize>::new(), "{name}");
+        }
+    }
+    let mlp = |input, input_bn, hidden: &[usize], act, output| {
+        let bytes = bnfold::synth::mlp(input, input_bn, hidden, act, output, 42).unwrap();
+        Model::from_bytes(&bytes).unwrap()
+    };
+    for act in [Activation::Relu, Activation::Tanh] {
+        // The tutorial shape: input BN, 7 x (dense 30, BN, act), dense 1: 8 dense steps.
+        let (kept, steps) = kept_unfolded(&mlp(1, true, &[30; 7], act, 1));
+        assert_eq!((kept, steps), (vec![], 8));
+    }
+    // The "wide" benchmark network: 784 -> 3 x 1024 -> 10.
+    let (kept, steps) = kept_unfolded(&mlp(784, false, &[1024; 3], Activation::Relu, 10));
+    assert_eq!((kept, steps), (vec![], 4));
+    // Every placement the other tests of this file fold, with tiny variances and large means.
+    let stats = Stats {
+        var_lo: 1e-6,
+        var_hi: 1e-6,
+        mean_abs: 100.0,
+        ..Stats::default()
+    };
+    let layers = [
+        L::Bn,
+        L::Dense(16),
+        L::Bn,
+        L::Bn,
+        RELU,
+        L::Bn,
+        L::Dense(8),
+        L::Affine(true, true),
+        L::Act(Activation::GeluErf),
+        L::Dense(4),
+        L::Bn,
+    ];
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let model = Model::from_bytes(&network(6, &layers, 9, dtype, stats)).unwrap();
+        assert_eq!(kept_unfolded(&model), (vec![], 3), "{dtype:?}");
+    }
+}
+
+#[test]
+fn the_overflow_rule_bounds_each_layer_by_what_the_layers_before_it_can_produce() {
+    // The model input is small, but the first dense layer (weights 1e30, no BN) makes the second
+    // one's inputs 1e30: a rule that assumed every layer's inputs within INPUT_BOUND would fold
+    // the second layer's BN (s = 1e10, so folded weights +-1e10) and the products 1e40 would
+    // overflow. The unfolded path cancels them: z = 1e30 - 1e30 + 0.5 = mean, output beta.
+    let mut w = bnfold::format::Writer::new(1);
+    w.add_dense("big", DType::F32, 2, 1, &[1e30, 1e30], None)
+        .unwrap();
+    w.add_dense("diff", DType::F32, 1, 2, &[1.0, -1.0], Some(&[0.5]))
+        .unwrap();
+    w.add_batch_norm(
+        "bn",
+        DType::F32,
+        0.0,
+        Some(&[1e10]),
+        Some(&[-3.0]),
+        &[0.5],
+        &[1.0],
+    )
+    .unwrap();
+    let model = Model::from_bytes(&w.to_bytes().unwrap()).unwrap();
+    let (yf, yu) = run_both(&model, &[1.0]);
+    assert_eq!(yu, [-3.0]);
+    assert_eq!(yf, yu, "folded {yf:?}, unfolded {yu:?}");
+    assert_eq!(kept_unfolded(&model).0, [2]);
+    // With weights 1e10 and a BN of scale 1e4 the bound is 1e4 * 2 * 1e10 * INPUT_BOUND ~ 3e21:
+    // the same shape folds.
+    let mut w = bnfold::format::Writer::new(1);
+    w.add_dense("small", DType::F32, 2, 1, &[1e10, 1e10], None)
+        .unwrap();
+    w.add_dense("diff", DType::F32, 1, 2, &[1.0, -1.0], Some(&[0.5]))
+        .unwrap();
+    w.add_batch_norm("bn", DType::F32, 0.0, Some(&[1e4]), None, &[0.5], &[1.0])
+        .unwrap();
+    let model = Model::from_bytes(&w.to_bytes().unwrap()).unwrap();
+    assert_eq!(kept_unfolded(&model), (vec![], 2));
+}

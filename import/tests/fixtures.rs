@@ -105,6 +105,20 @@ fn every_fixture_converts_and_matches_the_framework() {
             );
             errs.push(e);
         }
+        // The fold-overflow rule (`bnfold::fold::INPUT_BOUND`) keeps no layer of a real export
+        // in its own BN form: every BN folds.
+        let mut kept = Vec::new();
+        bnfold::fold::lower(&model, &Options::folded(), &mut |s| {
+            if let bnfold::fold::Lowered::Elementwise(bnfold::kernels::EpilogueOp::BatchNorm {
+                ..
+            }) = s.op
+            {
+                kept.push(s.last_layer);
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(kept, Vec::<usize>::new(), "{name}: BN layers left unfolded");
         // bnfold's own check: folded and unfolded against the f64 reference, layer by layer.
         let report = verify(&model, &x, rows, &VerifyOptions::default()).unwrap();
         assert!(report.passed(), "{name}: verify worst {:e}", report.worst);

@@ -10,14 +10,46 @@
 //! 4. any other BN (alone, last, between two activations) stays a per-feature affine op, unless
 //!    its combined scale or shift overflows f32: then each layer of the run keeps its own form
 //!    (`gamma * (x - mean) / sqrt(var + eps) + beta`), so the folded plan stays finite wherever
-//!    the unfolded one is. (A dense fold that would overflow f32 is a load error,
+//!    the unfolded one is. (A dense fold whose weights or bias would overflow f32 is a load error,
 //!    `LayerError::FoldOverflow`, naming the layer and feature.)
+//!
+//! # Folds that could overflow the accumulation
+//!
+//! Folded weights and a folded bias that each fit f32 can still overflow in the sum: a BN scale
+//! `s` multiplies every partial sum of the dense layer and puts `s * mean` in the bias, so
+//! `s * z` and `s * mean` can overflow where the unfolded `s * (z - mean)` does not (`z` and
+//! `mean` cancel), and products `s * w_i * x_i` can overflow where `sum_i w_i x_i` cancels. So
+//! rules 2 and 3 apply only to a dense layer whose folded accumulation provably cannot overflow
+//! for the inputs the plan can give it:
+//!
+//! - bounds are propagated through the folded plan as it is lowered, from `|x| <=`
+//!   [`INPUT_BOUND`] on the model input: `B_i` bounds `|x_i|` at the layer's input, every step
+//!   before it included (each bound capped at `f32::MAX`: a finite f32 is no larger);
+//! - the layer folds if, for every output `o`, `rho(n) * (sum_i |W'[o, i]| B_i + |b'[o]|) <=
+//!   f32::MAX`, with `W'`, `b'` the folded weights (rounded to the packed type) and bias, `n`
+//!   inputs, and `rho(n) = exp((n + 2) 2^-23) >= (1 + 2^-24)^(n + 2)`: every product and partial
+//!   sum the kernel computes, fused or not, in any order, is then at most `f32::MAX`;
+//! - otherwise the BN run before it (if it would fold forward), the dense layer and the BN run
+//!   after it are lowered exactly as in unfolded mode, each BN in its own subtract-then-scale form,
+//!   which the plan fuses into the dense layer's epilogue (the same operations in the same order
+//!   as the unfolded path's separate pass). The layer stays one step.
+//!
+//! Guarantee: for model inputs within [`INPUT_BOUND`], a dense layer with a folded BN never
+//! produces a non-finite value from finite inputs (by induction over the steps, every finite
+//! value the plan computes is within its bound). The first non-finite value of a folded plan
+//! therefore comes from a step that computes the unfolded path's own formula (a dense layer without
+//! BN, a BN kept in its own form, an activation), or an affine op of rule 4 (one rounding of the
+//! same map), on inputs equal to the unfolded path's up to rounding: the folded output is finite
+//! wherever the unfolded one is, except within rounding of `f32::MAX`, or where such a step
+//! magnifies a rounding-level difference past `f32::MAX` (a BN whose `gamma / denom` exceeds about
+//! `f32::MAX / ulp(z)`), as it would between two instruction-set paths of the unfolded plan.
+//! `docs/BATCHNORM.md` ("Folding that could overflow") has the argument.
 //!
 //! Unfolded mode folds nothing: each layer is its own step, BN computed exactly as frameworks do
 //! at inference, `gamma * (x - mean) / sqrt(var + eps) + beta` in f32, and an affine layer as its
 //! own per-feature `scale * x + shift` step in f32.
 
-use super::{Affine, FoldedDense, fold_dense_to};
+use super::{Affine, FoldedDense, fold_dense_rows};
 use crate::activation::Activation;
 use crate::error::Result;
 use crate::format::DType;
@@ -31,7 +63,8 @@ pub enum Lowered {
     /// A dense layer, with any BN folded into it (folded mode) or as stored (unfolded mode).
     Dense(FoldedDense),
     /// A per-feature or elementwise op on the current width: an activation (never softmax), an
-    /// affine map of an unfoldable BN (folded mode) or a BN with its statistics (unfolded mode).
+    /// affine map of an unfoldable BN (folded mode) or a BN with its statistics (unfolded mode,
+    /// and the BN layers folded mode keeps in their own form).
     Elementwise(EpilogueOp),
     /// Row-wise softmax.
     Softmax,
@@ -45,6 +78,148 @@ pub struct LoweredStep {
     pub op: Lowered,
     /// Index of the last model layer it covers.
     pub last_layer: usize,
+}
+
+/// The model-input bound of the fold-overflow rule (module docs, "Folds that could overflow the
+/// accumulation"): a dense layer folds its BN neighbours only if its folded accumulation cannot
+/// overflow f32 for any model input with every `|x| <= INPUT_BOUND`, propagated through the plan.
+///
+/// 2^24, the last of f32's run of exact integers: far above normalised inputs and raw 8-, 16- or
+/// 24-bit features, and it costs ordinary models nothing: every shipped model, importer fixture
+/// and synthetic test network folds completely, the shipped models with 25 orders of magnitude
+/// to spare. Larger inputs still run and fold as before; the proof just does not cover them.
+pub const INPUT_BOUND: f32 = 16_777_216.0;
+
+/// Slack of every elementwise bound: covers its few roundings of 2^-24 and the vector
+/// activations' errors of a few ulps, with room to spare.
+const ELEMENTWISE_SLACK: f64 = 1.0 + 1.0 / 1024.0;
+
+/// Upper bounds on `|value|` of each feature of the folded plan's current activations, for model
+/// inputs within [`INPUT_BOUND`], while they are finite; each capped at `f32::MAX`, since a finite
+/// f32 is no larger (and a non-finite value is some earlier step's doing, not this rule's).
+struct Bounds(Vec<f64>);
+
+impl Bounds {
+    /// The bound of a dense layer's output `o` when its inputs are within `input`: `rho(n)` times
+    /// the row's absolute mass, `sum_i |W[o, i]| B_i + |b[o]|`, uncapped. Every product and partial
+    /// sum of the f32 accumulation (fused or not, in any order) is at most this: each of the at
+    /// most `n + 2` roundings (products, sums, the bias) grows it by at most `1 + 2^-24`, and
+    /// `rho(n) = exp((n + 2) 2^-23)` covers that and the f64 evaluation of the mass.
+    fn dense_rows(d: &FoldedDense, input: &[f64]) -> Vec<f64> {
+        let n = d.inputs;
+        // Row `o` is `weight[o * n .. (o + 1) * n]`: a `FoldedDense` holds `outputs * inputs`
+        // weights, `[outputs, inputs]` row-major (both `fold_dense_rows` and `unfolded_op` make
+        // it so).
+        d.bias
+            .iter()
+            .enumerate()
+            .map(|(o, &b)| Self::dense_row(&d.weight[o * n..][..n], b, input))
+            .collect()
+    }
+
+    /// [`Bounds::dense_rows`] of one row: its weights and bias.
+    fn dense_row(row: &[f32], bias: f32, input: &[f64]) -> f64 {
+        let rho = ((row.len() as f64 + 2.0) * f64::powi(2.0, -23)).exp();
+        rho * (abs_dot(row, input) + f64::from(bias).abs())
+    }
+
+    /// Whether the dense layer with these output bounds ([`Bounds::dense_rows`]) cannot overflow.
+    fn fits(rows: &[f64]) -> bool {
+        rows.iter().all(|&b| b <= f64::from(f32::MAX))
+    }
+
+    /// Replace the bounds by `rows`, capped at `f32::MAX`.
+    fn set(&mut self, rows: Vec<f64>) {
+        self.0 = rows;
+        self.cap();
+    }
+
+    fn cap(&mut self) {
+        let max = f64::from(f32::MAX);
+        // NaN cannot occur (finite weights, statistics and bounds); if it did, `max` is the
+        // bound a finite f32 has anyway.
+        self.0.iter_mut().for_each(|b| *b = b.min(max));
+    }
+
+    /// Update the bounds for `op`, then hand it to `emit` as a step covering up to `last_layer`.
+    fn emit(
+        &mut self,
+        emit: &mut dyn FnMut(LoweredStep) -> Result<()>,
+        op: Lowered,
+        last_layer: usize,
+    ) -> Result<()> {
+        self.update(&op);
+        emit(LoweredStep { op, last_layer })
+    }
+
+    /// The bounds after the folded plan runs `op`.
+    fn update(&mut self, op: &Lowered) {
+        let per_feature = |b: &mut Vec<f64>, f: &dyn Fn(usize, f64) -> f64| {
+            b.iter_mut()
+                .enumerate()
+                .for_each(|(j, v)| *v = f(j, *v) * ELEMENTWISE_SLACK);
+        };
+        match op {
+            Lowered::Dense(d) => {
+                let rows = Self::dense_rows(d, &self.0);
+                self.0 = rows;
+            }
+            Lowered::Softmax => self.0.iter_mut().for_each(|b| *b = ELEMENTWISE_SLACK),
+            Lowered::Elementwise(EpilogueOp::Act(a)) => match a {
+                // Exact, and no larger than the input.
+                Activation::Identity | Activation::Relu => {}
+                Activation::LeakyRelu { alpha } => {
+                    let k = f64::from(alpha.abs()).max(1.0);
+                    per_feature(&mut self.0, &|_, b| k * b);
+                }
+                Activation::Tanh | Activation::Sigmoid | Activation::Softmax => {
+                    self.0.iter_mut().for_each(|b| *b = ELEMENTWISE_SLACK);
+                }
+                // x * Phi(x): at most |x|, and above -0.17.
+                Activation::GeluErf | Activation::GeluTanh => {
+                    per_feature(&mut self.0, &|_, b| b + 1.0);
+                }
+            },
+            Lowered::Elementwise(EpilogueOp::Affine { scale, shift }) => {
+                per_feature(&mut self.0, &|j, b| {
+                    f64::from(scale[j]).abs() * b + f64::from(shift[j]).abs()
+                });
+            }
+            Lowered::Elementwise(EpilogueOp::BatchNorm {
+                gamma,
+                beta,
+                mean,
+                denom,
+            }) => {
+                // gamma * (x - mean) / denom + beta; denom > 0 (validated: var + eps > 0 in f32).
+                per_feature(&mut self.0, &|j, b| {
+                    f64::from(gamma[j]).abs() * (b + f64::from(mean[j]).abs()) / f64::from(denom[j])
+                        + f64::from(beta[j]).abs()
+                });
+            }
+        }
+        self.cap();
+    }
+}
+
+/// `sum_i |w_i| x_i` in f64 for bounds `x_i >= 0`, in eight independent sums so that it
+/// vectorises. Any summation order is within the rounding slack of [`Bounds::dense_rows`].
+fn abs_dot(w: &[f32], x: &[f64]) -> f64 {
+    debug_assert_eq!(w.len(), x.len(), "a bound per input");
+    let mut acc = [0f64; 8];
+    let (w8, x8) = (w.chunks_exact(8), x.chunks_exact(8));
+    let tail: f64 = w8
+        .remainder()
+        .iter()
+        .zip(x8.remainder())
+        .map(|(&w, &x)| f64::from(w).abs() * x)
+        .sum();
+    for (w, x) in w8.zip(x8) {
+        for k in 0..8 {
+            acc[k] += f64::from(w[k]).abs() * x[k];
+        }
+    }
+    acc.iter().sum::<f64>() + tail
 }
 
 /// A token of the layer sequence while grouping for the folded plan.
@@ -173,6 +348,9 @@ fn lower_folded(
         }
     }
 
+    // Bounds on the plan's activations, for the fold-overflow rule (module docs).
+    let mut bounds = Bounds(vec![f64::from(INPUT_BOUND); model.input_features()]);
+
     // 2. Steps: backward folds first (a BN right after a dense layer belongs to it), then
     //    forward folds, then whatever is left stays an affine op.
     let mut i = 0;
@@ -180,31 +358,54 @@ fn lower_folded(
         match &tokens[i] {
             Token::Dense(index) => {
                 let pre = match i.checked_sub(1).map(|p| &tokens[p]) {
-                    Some(Token::Bn(a, _, _))
+                    Some(Token::Bn(a, first, last))
                         if !matches!(
                             i.checked_sub(2).map(|p| &tokens[p]),
                             Some(Token::Dense(_))
                         ) =>
                     {
-                        Some(a)
+                        Some((a, *first..=*last))
                     }
                     _ => None,
                 };
-                let (post, last) = match tokens.get(i + 1) {
-                    Some(Token::Bn(a, _, last)) => (Some(a), *last),
-                    _ => (None, *index),
+                let post = match tokens.get(i + 1) {
+                    Some(Token::Bn(a, first, last)) => Some((a, *first..=*last)),
+                    _ => None,
                 };
                 let LayerView::Dense(dense) = model.layer_view(*index)? else {
                     unreachable!("Token::Dense is only made for dense layers");
                 };
-                let folded = fold_dense_to(&dense, pre, post, weights)
-                    .map_err(|e| model.layer_err(*index, e))?;
-                // The folded copy is all the plan needs: let the OS drop the mapped weights.
-                model.release_layer_pages(*index);
-                emit(LoweredStep {
-                    op: Lowered::Dense(folded),
-                    last_layer: last,
-                })?;
+                // Each row's bound is taken while the fold has the row in cache.
+                let mut rows = Vec::with_capacity(dense.outputs);
+                let folded = fold_dense_rows(
+                    &dense,
+                    pre.as_ref().map(|p| p.0),
+                    post.as_ref().map(|p| p.0),
+                    weights,
+                    &mut |row, bias| rows.push(Bounds::dense_row(row, bias, &bounds.0)),
+                )
+                .map_err(|e| model.layer_err(*index, e))?;
+                if (pre.is_some() || post.is_some()) && !Bounds::fits(&rows) {
+                    // The folded accumulation could overflow where the unfolded path's does
+                    // not: lower the BN run before (if any), the layer and the BN run after
+                    // exactly as the unfolded path does. The BN steps fuse into the dense
+                    // layer's epilogue (the same operations in the same order).
+                    drop(folded);
+                    let pre_layers = pre.map(|p| p.1).into_iter().flatten();
+                    let post_layers = post.as_ref().map(|p| p.1.clone()).into_iter().flatten();
+                    for layer in pre_layers.chain([*index]).chain(post_layers) {
+                        bounds.emit(emit, unfolded_op(model, layer, weights)?, layer)?;
+                    }
+                } else {
+                    // The folded copy is all the plan needs: let the OS drop the mapped weights.
+                    model.release_layer_pages(*index);
+                    bounds.set(rows);
+                    let last = post.as_ref().map_or(*index, |p| *p.1.end());
+                    emit(LoweredStep {
+                        op: Lowered::Dense(folded),
+                        last_layer: last,
+                    })?;
+                }
                 i += if post.is_some() { 2 } else { 1 };
             }
             Token::Bn(a, first, last) => {
@@ -213,10 +414,11 @@ fn lower_folded(
                 if !matches!(tokens.get(i + 1), Some(Token::Dense(_))) {
                     let (scale, shift) = a.to_f32();
                     if scale.iter().chain(&shift).all(|v| v.is_finite()) {
-                        emit(LoweredStep {
-                            op: Lowered::Elementwise(EpilogueOp::Affine { scale, shift }),
-                            last_layer: *last,
-                        })?;
+                        bounds.emit(
+                            emit,
+                            Lowered::Elementwise(EpilogueOp::Affine { scale, shift }),
+                            *last,
+                        )?;
                     } else {
                         // The combined scale or shift does not fit f32 (gamma 3e38 over a
                         // variance of 0.25; a mean of 3e38): `s * x + t` would give infinities
@@ -224,10 +426,7 @@ fn lower_folded(
                         // stays finite. Keep that form, layer by layer: exactly the unfolded
                         // computation, so finite wherever the unfolded path is.
                         for index in *first..=*last {
-                            emit(LoweredStep {
-                                op: unfolded_op(model, index, weights)?,
-                                last_layer: index,
-                            })?;
+                            bounds.emit(emit, unfolded_op(model, index, weights)?, index)?;
                         }
                     }
                 }
@@ -238,10 +437,7 @@ fn lower_folded(
                     Activation::Softmax => Lowered::Softmax,
                     a => Lowered::Elementwise(EpilogueOp::Act(*a)),
                 };
-                emit(LoweredStep {
-                    op,
-                    last_layer: *index,
-                })?;
+                bounds.emit(emit, op, *index)?;
                 i += 1;
             }
         }

@@ -15,7 +15,9 @@
 //! rounded to f32 once, so the folded weights carry one rounding error each.
 //!
 //! [`lower`] decides, for a whole model, which BN folds backward, which forward and which stays a
-//! per-feature affine op; the plan (`crate::plan`) packs what it produces for the kernels.
+//! per-feature affine op, and keeps a dense layer and its BN neighbours unfolded when the folded
+//! accumulation could overflow f32 for model inputs within [`INPUT_BOUND`]; the plan
+//! (`crate::plan`) packs what it produces for the kernels.
 
 use crate::error::LayerError;
 use crate::format::DType;
@@ -100,6 +102,8 @@ pub struct FoldedDense {
 ///
 /// Fails with [`LayerError::FoldOverflow`] naming the output feature when a folded value overflows
 /// f32 (large weights times a huge `1 / sqrt(var + eps)`), rather than running with infinities.
+/// Folded values that fit can still overflow when summed; [`lower`] checks that before it uses
+/// the result.
 pub fn fold_dense(
     dense: &DenseView,
     pre: Option<&Affine>,
@@ -119,6 +123,18 @@ pub fn fold_dense_to(
     pre: Option<&Affine>,
     post: Option<&Affine>,
     weights: DType,
+) -> Result<FoldedDense, LayerError> {
+    fold_dense_rows(dense, pre, post, weights, &mut |_, _| {})
+}
+
+/// [`fold_dense_to`], handing each folded row (its weights and bias, as stored in the result) to
+/// `each_row` while it is still in cache (`lower` bounds the row's sums there).
+pub(crate) fn fold_dense_rows(
+    dense: &DenseView,
+    pre: Option<&Affine>,
+    post: Option<&Affine>,
+    weights: DType,
+    each_row: &mut dyn FnMut(&[f32], f32),
 ) -> Result<FoldedDense, LayerError> {
     let (inputs, outputs) = (dense.inputs, dense.outputs);
     let mut weight = Vec::with_capacity(outputs * inputs);
@@ -150,6 +166,7 @@ pub fn fold_dense_to(
                 dtype: weights.name(),
             });
         }
+        each_row(&weight[start..], acc as f32);
     }
     Ok(FoldedDense {
         inputs,
@@ -194,4 +211,4 @@ fn to_f32_odd(v: f64) -> f32 {
 
 mod lower;
 
-pub use lower::{Lowered, LoweredStep, lower};
+pub use lower::{INPUT_BOUND, Lowered, LoweredStep, lower};
