@@ -22,6 +22,7 @@ mod elem;
 mod gemm;
 mod gemv;
 mod isa;
+pub mod probe;
 mod simd;
 mod vmath;
 
