@@ -3,8 +3,10 @@
 //! probe, which reports bytes per second.
 //!
 //! Groups (filter with `cargo bench --bench kernels -- GROUP`):
-//! - `peak`: independent FMA chains per ISA on one core: the machine's measured peak;
-//! - `membw`: single-core read bandwidth over a buffer much larger than L3;
+//! - `peak`: independent FMA chains per ISA on one and two threads: the machine's measured peak
+//!   (`bnfold::kernels::probe::fma_once`, the probe `bnfold probe` reports);
+//! - `membw`: single-core read bandwidth over a buffer much larger than L3
+//!   (`bnfold::kernels::probe::read_once`);
 //! - `sgemm`: square products with prepacked weights, every supported ISA, 1 and 2 threads, and
 //!   the `matrixmultiply` crate (single thread) on the same shapes;
 //! - `mlp`: dense-layer shapes (30x30, 784x1024, 1024x1024, 4096x4096) at batch 1..1024, best ISA.
@@ -33,7 +35,7 @@ use std::time::Duration;
 
 use bnfold::Activation;
 use bnfold::kernels::activation as act;
-use bnfold::kernels::{DenseKernel, Isa, KernelChoice};
+use bnfold::kernels::{DenseKernel, Isa, KernelChoice, probe};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group};
 
 fn quick() -> bool {
@@ -68,94 +70,9 @@ fn pool(threads: usize) -> rayon::ThreadPool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Peak probe: CHAINS independent accumulators, each a chain of FMAs; enough chains to cover the
-// FMA latency times the number of FMA pipes (4 cycles x 2 pipes on the target), so that the
-// throughput, not the latency, bounds the loop.
-
-const CHAINS: usize = 12;
-const PEAK_ITERS: usize = 100_000;
-
-#[cfg(target_arch = "x86_64")]
-mod peak {
-    use super::{CHAINS, PEAK_ITERS};
-    use std::arch::x86_64::*;
-
-    /// # Safety
-    /// The CPU has AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn avx512(seed: f32) -> f32 {
-        let mut acc = [_mm512_set1_ps(seed); CHAINS];
-        let a = _mm512_set1_ps(0.999_999);
-        let b = _mm512_set1_ps(1e-7);
-        for _ in 0..PEAK_ITERS {
-            for c in acc.iter_mut() {
-                *c = _mm512_fmadd_ps(*c, a, b);
-            }
-        }
-        let mut s = _mm512_setzero_ps();
-        for c in acc {
-            s = _mm512_add_ps(s, c);
-        }
-        _mm512_reduce_add_ps(s)
-    }
-
-    /// # Safety
-    /// The CPU has AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn avx2(seed: f32) -> f32 {
-        let mut acc = [_mm256_set1_ps(seed); CHAINS];
-        let a = _mm256_set1_ps(0.999_999);
-        let b = _mm256_set1_ps(1e-7);
-        for _ in 0..PEAK_ITERS {
-            for c in acc.iter_mut() {
-                *c = _mm256_fmadd_ps(*c, a, b);
-            }
-        }
-        let mut s = _mm256_setzero_ps();
-        for c in acc {
-            s = _mm256_add_ps(s, c);
-        }
-        let mut out = [0.0f32; 8];
-        // SAFETY: `out` holds eight f32.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
-        out.iter().sum()
-    }
-}
-
-/// The portable path's vector (`wide::f32x8`): without compile-time FMA this is a multiply and
-/// an add, so its "peak" counts two operations per lane per step like the FMA paths.
-fn peak_portable(seed: f32) -> f32 {
-    let mut acc = [wide::f32x8::splat(seed); CHAINS];
-    let a = wide::f32x8::splat(0.999_999);
-    let b = wide::f32x8::splat(1e-7);
-    for _ in 0..PEAK_ITERS {
-        for c in acc.iter_mut() {
-            *c = c.mul_add(a, b);
-        }
-    }
-    acc.iter()
-        .fold(wide::f32x8::ZERO, |s, c| s + *c)
-        .reduce_add()
-}
-
-/// One peak-probe run of `isa` on the calling thread.
-fn peak_once(isa: Isa) -> f32 {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: callers pass only ISAs from `Isa::supported()`.
-        Isa::Avx512 => unsafe { peak::avx512(black_box(1.0)) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { peak::avx2(black_box(1.0)) },
-        _ => peak_portable(black_box(1.0)),
-    }
-}
-
-/// FLOPs of one peak-probe run.
-fn peak_flops(isa: Isa) -> usize {
-    let lanes = if isa == Isa::Avx512 { 16 } else { 8 };
-    PEAK_ITERS * CHAINS * lanes * 2
-}
+// Peak probe: `bnfold::kernels::probe::fma_once`, independent FMA chains on the ISA's vectors
+// (enough chains to cover the FMA latency times the number of FMA pipes), so that the throughput,
+// not the latency, bounds the loop. The same probe is `bnfold probe`'s.
 
 fn bench_peak(c: &mut Criterion) {
     let two = pool(2);
@@ -163,76 +80,36 @@ fn bench_peak(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(500));
     for isa in Isa::supported() {
-        g.throughput(Throughput::Elements(peak_flops(isa) as u64));
-        g.bench_function(format!("{isa}/1t"), |bch| bch.iter(|| peak_once(isa)));
+        g.throughput(Throughput::Elements(probe::fma_once_flops(isa)));
+        g.bench_function(format!("{isa}/1t"), |bch| bch.iter(|| probe::fma_once(isa)));
         // Both threads run the probe at once: the machine's two-thread peak, which bounds what
         // two threads of any kernel can reach (on an SMT pair it is no more than one core's).
-        g.throughput(Throughput::Elements(2 * peak_flops(isa) as u64));
+        g.throughput(Throughput::Elements(2 * probe::fma_once_flops(isa)));
         g.bench_function(format!("{isa}/2t"), |bch| {
-            bch.iter(|| two.broadcast(|_| peak_once(isa)))
+            bch.iter(|| two.broadcast(|_| probe::fma_once(isa)))
         });
     }
     g.finish();
 }
 
 // ---------------------------------------------------------------------------------------------
-// Memory bandwidth: sum a buffer with STREAMS concurrent read streams (one per eighth of the
-// buffer, as the batch-1 kernel reads eight weight panels side by side), 256-bit loads. Sizes:
-// 64 MiB, the f32 weights of a 4096x4096 layer (the batch-1 target compares against this), and
-// 256 MiB (8x the L3).
-
-const STREAMS: usize = 8;
-
-#[cfg(target_arch = "x86_64")]
-/// # Safety
-/// The CPU has AVX.
-#[target_feature(enable = "avx")]
-unsafe fn read_streams(buf: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let part = buf.len() / STREAMS / 8 * 8;
-    let p = buf.as_ptr();
-    let mut acc = [_mm256_setzero_ps(); STREAMS];
-    let mut i = 0;
-    while i < part {
-        for (j, a) in acc.iter_mut().enumerate() {
-            // SAFETY: `j * part + i + 8 <= STREAMS * part <= buf.len()`.
-            *a = _mm256_add_ps(*a, unsafe { _mm256_loadu_ps(p.add(j * part + i)) });
-        }
-        i += 8;
-    }
-    let s = acc
-        .iter()
-        .fold(_mm256_setzero_ps(), |s, a| _mm256_add_ps(s, *a));
-    let mut out = [0.0f32; 8];
-    // SAFETY: `out` holds eight f32.
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
-    out.iter().sum()
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-/// # Safety
-/// None (portable).
-unsafe fn read_streams(buf: &[f32]) -> f32 {
-    let part = buf.len() / STREAMS;
-    (0..part)
-        .map(|i| (0..STREAMS).map(|j| buf[j * part + i]).sum::<f32>())
-        .sum()
-}
+// Memory bandwidth: `bnfold::kernels::probe::read_once`, a buffer summed with eight concurrent
+// read streams (one per eighth of the buffer, as the batch-1 kernel reads eight weight panels side
+// by side), the best ISA's vector loads. Sizes: 64 MiB, the f32 weights of a 4096x4096 layer (the
+// batch-1 target compares against this), and 256 MiB (8x the L3).
 
 fn bench_membw(c: &mut Criterion) {
+    let isa = Isa::best();
     let mut g = c.benchmark_group("membw");
     g.sample_size(10)
         .measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(500));
     for mib in [64usize, 256] {
         let buf = seeded(mib << 18, 3);
-        g.throughput(Throughput::Bytes((mib << 20) as u64));
+        g.throughput(Throughput::Bytes(probe::read_once_bytes(isa, buf.len())));
         g.bench_function(
             BenchmarkId::new("read_1thread", format!("{mib}MiB")),
-            |bch| {
-                // SAFETY: AVX is implied by the AVX2 path; hosts without it skip this probe.
-                bch.iter(|| unsafe { read_streams(black_box(&buf)) })
-            },
+            |bch| bch.iter(|| probe::read_once(isa, black_box(&buf))),
         );
     }
     g.finish();
@@ -377,14 +254,6 @@ fn bench_activation(c: &mut Criterion) {
     g.finish();
 }
 
-fn bench_membw_if_supported(c: &mut Criterion) {
-    #[cfg(target_arch = "x86_64")]
-    if !std::arch::is_x86_feature_detected!("avx") {
-        return;
-    }
-    bench_membw(c);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Half-precision weights: the same products with f32, f16 and bf16 panels.
 
@@ -459,7 +328,7 @@ fn bench_half(c: &mut Criterion) {
 criterion_group!(
     benches,
     bench_peak,
-    bench_membw_if_supported,
+    bench_membw,
     bench_sgemm,
     bench_mlp,
     bench_activation,
@@ -494,17 +363,17 @@ fn paired() {
             let kern = DenseKernel::with_choice(s, s, &w, &vec![0.0; s], KernelChoice::Force(isa));
             let mut y = vec![0.0; s * s];
             let flops = 2.0 * (s * s * s) as f64;
-            let pf = peak_flops(isa) as f64;
+            let pf = probe::fma_once_flops(isa) as f64;
             let mut rows = Vec::new();
             for _ in 0..5 {
                 let p1 = pf
                     / best_of(3, || {
-                        black_box(peak_once(isa));
+                        black_box(probe::fma_once(isa));
                     });
                 let g1 = flops / best_of(3, || one.install(|| kern.forward(&x, s, &mut y, &[])));
                 let p2 = 2.0 * pf
                     / best_of(3, || {
-                        black_box(two.broadcast(|_| peak_once(isa)));
+                        black_box(two.broadcast(|_| probe::fma_once(isa)));
                     });
                 let g2 = flops / best_of(3, || two.install(|| kern.forward(&x, s, &mut y, &[])));
                 rows.push((g1 / p1, g1, g2, g2 / g1, g2 / p2));
@@ -569,14 +438,10 @@ fn half_interleaved() {
     let mut times = vec![vec![vec![Vec::new(); 3]; pools.len()]; batches.len()];
     let mut bw = Vec::new();
     for round in 0..ROUNDS {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx") {
-            // SAFETY: the CPU has AVX (checked just above).
-            let t = best_of(3, || {
-                black_box(unsafe { read_streams(black_box(&buf)) });
-            });
-            bw.push((256u64 << 20) as f64 / t);
-        }
+        let t = best_of(3, || {
+            black_box(probe::read_once(Isa::best(), black_box(&buf)));
+        });
+        bw.push(probe::read_once_bytes(Isa::best(), buf.len()) as f64 / t);
         for (bi, &batch) in batches.iter().enumerate() {
             for (ti, (_, p)) in pools.iter().enumerate() {
                 for j in 0..3 {
@@ -599,11 +464,7 @@ fn half_interleaved() {
         }
     }
     let load1 = load_average();
-    let membw = if bw.is_empty() {
-        f64::NAN
-    } else {
-        median(&mut bw)
-    };
+    let membw = median(&mut bw);
     println!(
         "half: big network, {} path, {ROUNDS} rounds x {CALLS} calls, load average {load0:.2} -> {load1:.2}; \
          read bandwidth (256 MiB, 1 thread) median {:.1} GB/s",

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""bnfold against ONNX Runtime on the same seeded networks, in one run.
+"""bnfold against ONNX Runtime on the same seeded networks, in one run, beside the machine's
+measured FMA peak and read bandwidth.
 
 For each network shape (the tutorial's 1 -> 7x(30, BN, act) -> 1, the 784 -> 3x(1024, BN, act) -> 10
 classifier shape and the 4096 -> 4x(4096, BN, act) -> 4096 memory-bound shape), with tanh and relu:
@@ -11,19 +12,31 @@ classifier shape and the 4096 -> 4x(4096, BN, act) -> 4096 memory-bound shape), 
 3. checks that bnfold (folded and unfolded, `bnfold run`), ONNX Runtime on both graphs and a numpy
    f64 forward pass give the same outputs;
 4. times ONNX Runtime (ORT_ENABLE_ALL, intra-op threads 1 or 2) and `bnfold bench --json` (pool 1 or
-   2) alternately, configuration by configuration, so that drift of the machine hits both alike;
-5. measures the cost of one ORT call from Python on an Identity graph (the floor under every ORT
-   batch-1 figure) and the FMA peak / bandwidth the criterion probes report is left to
-   `cargo bench --bench kernels` (run it beside this for fractions of peak).
+   2) alternately, configuration by configuration (ORT on the BN graph, bnfold folded and
+   unfolded, ORT on the pre-folded graph), so that drift of the machine hits all alike;
+5. runs `bnfold probe --json` (FMA peak and read bandwidth on 1 and 2 threads, the kernel path,
+   the CPU, the load average) at the start, between shapes and at the end, and records every probe;
+6. derives for every configuration and runtime: rows/s, GFLOP/s (2 x batch x the dense weights),
+   the fraction of the median measured FMA peak for the thread count, and at batch 1 and 8 the
+   weight bandwidth (bytes of f32 dense weights and biases per call / median time) as a fraction
+   of the median measured read bandwidth for the thread count;
+7. measures the cost of one ORT call from Python on an Identity graph (the floor under every ORT
+   batch-1 figure).
 
-Prints a Markdown table and writes JSON (`--json-out`). Run from the repository root with the
-pinned environment (benches/peers/requirements.txt):
+Prints a Markdown table and writes everything as JSON (`--json-out`); `benches/peers/report.py`
+turns that JSON into the tables, the targets, the machine section and the throughput plot of
+docs/BENCHMARKS.md. Run from the repository root with the pinned environment
+(benches/peers/requirements.txt), on a machine as quiet as you can get:
 
     python3 -m venv /tmp/peers && /tmp/peers/bin/pip install -r benches/peers/requirements.txt
-    cargo build --release
+    cargo build --release -p bnfold-cli
+    target/release/bnfold probe
     /tmp/peers/bin/python benches/peers/peers.py --json-out /tmp/peers.json
+    /tmp/peers/bin/python benches/peers/report.py /tmp/peers.json \
+        --png docs/benchmarks/throughput.png --md /tmp/benchmarks.md
 
-`--quick` runs the small shapes only, at fewer batches.
+`--quick` runs the small shapes only, at fewer batches; `--shapes tutorial --threads 1
+--min-time 0.05` is a smoke test of the tooling (seconds), not a measurement.
 """
 
 import argparse
@@ -285,6 +298,67 @@ def machine():
     return info
 
 
+def probe(bnfold, label, time_ms, read_mib):
+    """`bnfold probe --json`, labelled, with the UTC time it was taken."""
+    out = subprocess.run(
+        [bnfold, "probe", "--json", "--time-ms", str(time_ms), "--read-mib", str(read_mib)],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    p = json.loads(out)
+    p["label"] = label
+    p["utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(p.get("unix_time", time.time())))
+    print(f"probe ({label}): FMA {p['fma_gflops_1t']:.1f} / {p['fma_gflops_2t']:.1f} GFLOP/s (1t / 2t, "
+          f"ratio {p['fma_2t_over_1t']:.2f}), read {p['read_gbs_1t']:.1f} / {p['read_gbs_2t']:.1f} GB/s, "
+          f"load {p.get('loadavg')}", file=sys.stderr)
+    return p
+
+
+def probe_medians(probes):
+    """Median over the probes of the FMA peak (GFLOP/s) and the read bandwidth (GB/s), per thread
+    count, with the spread (min, max) beside."""
+    med = {}
+    for t in (1, 2):
+        fma = [p[f"fma_gflops_{t}t"] for p in probes]
+        bw = [p[f"read_gbs_{t}t"] for p in probes]
+        med[str(t)] = {
+            "fma_gflops": float(np.median(fma)), "fma_gflops_min": min(fma), "fma_gflops_max": max(fma),
+            "read_gbs": float(np.median(bw)), "read_gbs_min": min(bw), "read_gbs_max": max(bw),
+        }
+    return med
+
+
+RUNTIMES = ("bnfold_folded", "bnfold_unfolded", "ort_bn", "ort_folded")
+BANDWIDTH_BATCHES = (1, 8)
+
+
+def derive(run, medians):
+    """Rows/s, GFLOP/s, fraction of the FMA peak and (batch 1 and 8) of the read bandwidth, per
+    runtime, from the median times and the probes' medians for the run's thread count."""
+    m = medians.get(str(run["threads"]))
+    run["rows_per_s"], run["gflops"], run["peak_fraction"] = {}, {}, {}
+    if run["batch"] in BANDWIDTH_BATCHES:
+        run["weight_gbs"], run["bandwidth_fraction"] = {}, {}
+    for k in RUNTIMES:
+        us = run[k + "_us"]
+        run["rows_per_s"][k] = run["batch"] / (us * 1e-6)
+        g = run["flop"] / us / 1e3
+        run["gflops"][k] = g
+        run["peak_fraction"][k] = g / m["fma_gflops"] if m else None
+        if run["batch"] in BANDWIDTH_BATCHES:
+            gbs = run["weight_bytes"] / us / 1e3
+            run["weight_gbs"][k] = gbs
+            run["bandwidth_fraction"][k] = gbs / m["read_gbs"] if m else None
+
+
+def git_state():
+    """The commit checked out and whether the tree has uncommitted changes (None, None outside git)."""
+    try:
+        run = lambda *a: subprocess.run(["git", *a], check=True, capture_output=True, text=True).stdout  # noqa: E731
+        return run("rev-parse", "HEAD").strip(), bool(run("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
+
+
 SHAPES = {
     "tutorial": (1, [30] * 7, 1, True, [1, 8, 64, 256, 1024]),
     "mnist": (784, [1024] * 3, 10, False, [1, 8, 64, 256, 1024]),
@@ -300,22 +374,47 @@ def main():
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--min-time", type=float, default=0.5, help="seconds per configuration and runtime")
+    ap.add_argument("--probe-ms", type=int, default=250, help="`bnfold probe --time-ms` (each of its four probes)")
+    ap.add_argument("--probe-read-mib", type=int, default=256, help="`bnfold probe --read-mib`")
     args = ap.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     shapes = args.shapes.split(",")
     if args.quick:
         shapes = [s for s in shapes if s != "wide"]
 
-    results = {"machine": machine(), "runs": []}
+    commit, dirty = git_state()
+    version = subprocess.run([args.bnfold, "--version"], check=True, capture_output=True, text=True).stdout.strip()
+    results = {
+        "machine": machine(), "bnfold_version": version, "git_commit": commit, "git_dirty": dirty,
+        "command": sys.argv, "args": vars(args),
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "networks": {}, "probes": [], "runs": [],
+    }
+
+    def take_probe(label):
+        results["probes"].append(probe(args.bnfold, label, args.probe_ms, args.probe_read_mib))
+
     with tempfile.TemporaryDirectory() as tmp:
+        take_probe("start")
         results["ort_call_floor_us"] = identity_floor(tmp)
-        for shape in shapes:
+        for si, shape in enumerate(shapes):
+            if si > 0:
+                take_probe(f"between {shapes[si - 1]} and {shape}")
             n_in, hidden, n_out, input_bn, batches = SHAPES[shape]
             if args.quick:
                 batches = [b for b in batches if b in (1, 64, 1024)]
             for act in ("tanh", "relu"):
                 layers = make_network(n_in, hidden, n_out, act, seed=7, input_bn=input_bn)
                 name = f"{shape}-{act}"
+                dense = [l for l in layers if l[0] == "dense"]
+                results["networks"][name] = {
+                    "input": n_in, "hidden": hidden, "output": n_out, "input_bn": input_bn,
+                    "activation": act,
+                    # f32 weights and biases of the folded network's dense layers, read at least
+                    # once per call.
+                    "weight_bytes": 4 * sum(l[1].size + l[2].size for l in dense),
+                    "flop_per_row": 2 * sum(l[1].size for l in dense),
+                }
                 bnw = os.path.join(tmp, name + ".bnw")
                 write_bnw(bnw, n_in, layers, [("producer", "benches/peers/peers.py"), ("seed", "7")])
                 bn_onnx, folded_onnx = (os.path.join(tmp, name + s) for s in (".bn.onnx", ".folded.onnx"))
@@ -350,25 +449,39 @@ def main():
                         ob = time_ort(sess_bn, xb, args.min_time)
                         bf = time_bnfold(args.bnfold, bnw, batch, t, args.min_time)
                         of = time_ort(sess_f, xb, args.min_time)
-                        flops = 2 * batch * sum(l[1].size for l in layers if l[0] == "dense")
                         run = {
-                            "network": name, "batch": batch, "threads": t, "flop": flops,
+                            "network": name, "batch": batch, "threads": t,
+                            "flop": batch * results["networks"][name]["flop_per_row"],
+                            "weight_bytes": results["networks"][name]["weight_bytes"],
                             "ort_bn_us": ob[0], "ort_folded_us": of[0],
                             "bnfold_folded_us": bf["folded"][0], "bnfold_unfolded_us": bf["unfolded"][0],
+                            "ort_bn_p99_us": ob[1], "ort_folded_p99_us": of[1],
+                            "bnfold_folded_p99_us": bf["folded"][1], "bnfold_unfolded_p99_us": bf["unfolded"][1],
                             "bnfold_kernel": bf["folded"][2],
                         }
                         run["vs_best_ort"] = min(ob[0], of[0]) / run["bnfold_folded_us"]
                         results["runs"].append(run)
                         print(json.dumps(run), file=sys.stderr)
 
+        take_probe("end")
+    results["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    results["probe_median"] = medians = probe_medians(results["probes"])
+    for run in results["runs"]:
+        derive(run, medians)
+    kernels = sorted({r["bnfold_kernel"] for r in results["runs"]})
+    results["bnfold_kernel"] = kernels[0] if len(kernels) == 1 else kernels
+
     print(f"\nMachine: {results['machine']}")
+    print(f"bnfold kernel path: {results['bnfold_kernel']}; probe medians: {medians}")
     print(f"ORT call floor from Python (Identity graph, batch 1): {results['ort_call_floor_us']:.1f} us\n")
-    print("| network | batch | threads | bnfold folded | bnfold unfolded | ORT (BN graph) | ORT (pre-folded) | bnfold vs best ORT | bnfold GFLOP/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| network | batch | threads | bnfold folded | bnfold unfolded | ORT (BN graph) | ORT (pre-folded) | bnfold vs best ORT | bnfold rows/s | bnfold GFLOP/s | % FMA peak |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results["runs"]:
+        pf = r["peak_fraction"]["bnfold_folded"]
         print(f"| {r['network']} | {r['batch']} | {r['threads']} | {r['bnfold_folded_us']:.1f} us | "
               f"{r['bnfold_unfolded_us']:.1f} us | {r['ort_bn_us']:.1f} us | {r['ort_folded_us']:.1f} us | "
-              f"{r['vs_best_ort']:.2f}x | {r['flop'] / r['bnfold_folded_us'] / 1e3:.1f} |")
+              f"{r['vs_best_ort']:.2f}x | {r['rows_per_s']['bnfold_folded']:.0f} | "
+              f"{r['gflops']['bnfold_folded']:.1f} | {'-' if pf is None else f'{100 * pf:.1f}%'} |")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(results, f, indent=1)

@@ -16,6 +16,7 @@ macro_rules! outln {
 mod bench;
 mod convert;
 mod inspect;
+mod probe;
 mod run;
 mod serve;
 mod train;
@@ -71,6 +72,9 @@ enum Command {
     },
     /// Measure latency (p50, p99) and throughput, folded and unfolded.
     Bench(bench::BenchArgs),
+    /// Measure this machine: FMA peak and read bandwidth on 1 and 2 threads, the kernel path, the
+    /// CPU and the load (beside which to read `bench` figures).
+    Probe(probe::ProbeArgs),
     /// Serve models over HTTP (TensorFlow Serving's REST API), with dynamic batching and reload on
     /// SIGHUP.
     Serve(serve::ServeArgs),
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
             dtype,
         } => convert::run(&input, &output, arch.as_deref(), dtype),
         Command::Bench(args) => bench::run(&args),
+        Command::Probe(args) => probe::run(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Train { what } => train::run(&what).map(|()| ExitCode::SUCCESS),
     };

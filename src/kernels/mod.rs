@@ -23,6 +23,7 @@ mod elem;
 mod gemm;
 mod gemv;
 mod isa;
+pub mod probe;
 mod simd;
 mod vmath;
 
