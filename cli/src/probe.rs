@@ -7,7 +7,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use bnfold::kernels::{Isa, KernelChoice, probe};
+use bnfold::DType;
+use bnfold::kernels::{Blocking, CacheSource, Caches, Isa, KernelChoice, blocking_for, probe};
 use clap::Args;
 
 use crate::CliResult;
@@ -39,13 +40,10 @@ struct Report {
     kernel: &'static str,
     /// Every path this CPU supports, best first.
     supported_kernels: Vec<&'static str>,
-    // TODO(caches): wire `bnfold::kernels::Caches::detect()` (L1d, L2, L3 sizes in bytes, and
-    // whether L3 is shared) and `DenseKernel::blocking()` (the GEMM's block sizes, e.g. mc, kc,
-    // nc) here when `src/kernels/cache.rs` is merged; both are `null` until then.
-    /// The detected caches (not wired yet: always `null`).
-    caches: Option<serde_json::Value>,
-    /// The GEMM blocking chosen from them (not wired yet: always `null`).
-    blocking: Option<serde_json::Value>,
+    /// The detected caches (bytes) and where the sizes came from.
+    caches: CachesReport,
+    /// The GEMM blocking derived from them for f32 and for 16-bit weights on `kernel`.
+    blocking: BlockingReport,
     /// Measuring time of each probe, milliseconds.
     time_ms: u64,
     /// Bytes the bandwidth probe reads per pass.
@@ -68,6 +66,45 @@ struct Report {
     loadavg: Option<[f64; 3]>,
     /// Seconds since the Unix epoch when the probes started.
     unix_time: u64,
+}
+
+/// [`Caches`] as reported.
+#[derive(Debug, serde::Serialize)]
+struct CachesReport {
+    l1d: usize,
+    l2: usize,
+    l3: usize,
+    /// This core's share of L3.
+    l3_share: usize,
+    /// `cpuid`, `environment` (BNFOLD_CACHES) or `fallback`.
+    source: &'static str,
+}
+
+/// One [`Blocking`] as reported.
+#[derive(Debug, serde::Serialize)]
+struct BlockSizes {
+    kc: usize,
+    mc: usize,
+    nc: usize,
+    unpacked_max_weights: usize,
+    unpacked_max_inputs: usize,
+}
+
+/// The blocking for each weight size.
+#[derive(Debug, serde::Serialize)]
+struct BlockingReport {
+    f32: BlockSizes,
+    f16_bf16: BlockSizes,
+}
+
+fn block_sizes(b: &Blocking) -> BlockSizes {
+    BlockSizes {
+        kc: b.kc,
+        mc: b.mc,
+        nc: b.nc,
+        unpacked_max_weights: b.unpacked_max_weights,
+        unpacked_max_inputs: b.unpacked_max_inputs,
+    }
 }
 
 /// `model name` of the first processor in /proc/cpuinfo (escaped for the terminal).
@@ -102,6 +139,7 @@ pub fn run(args: &ProbeArgs) -> CliResult {
     let time = Duration::from_millis(args.time_ms);
     let bytes = usize::try_from(args.read_mib << 20).unwrap_or(usize::MAX);
     let isa = KernelChoice::Auto.resolve();
+    let caches = Caches::detect();
     let loadavg = loadavg();
     let unix_time = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -115,8 +153,21 @@ pub fn run(args: &ProbeArgs) -> CliResult {
         logical_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         kernel: isa.name(),
         supported_kernels: Isa::supported().into_iter().map(Isa::name).collect(),
-        caches: None,
-        blocking: None,
+        caches: CachesReport {
+            l1d: caches.l1d,
+            l2: caches.l2,
+            l3: caches.l3,
+            l3_share: caches.l3_share,
+            source: match caches.source {
+                CacheSource::Cpuid => "cpuid",
+                CacheSource::Environment => "environment",
+                _ => "fallback",
+            },
+        },
+        blocking: BlockingReport {
+            f32: block_sizes(&blocking_for(isa, DType::F32, &caches)),
+            f16_bf16: block_sizes(&blocking_for(isa, DType::F16, &caches)),
+        },
         time_ms: args.time_ms,
         read_bytes: bytes as u64,
         fma_gflops_1t: fma1,
@@ -142,7 +193,25 @@ pub fn run(args: &ProbeArgs) -> CliResult {
         r.kernel,
         r.supported_kernels.join(", ")
     );
-    outln!("caches       not wired yet (TODO: Caches::detect, DenseKernel::blocking)");
+    let kib = |b: usize| b >> 10;
+    outln!(
+        "caches       L1d {} KiB, L2 {} KiB, L3 {} KiB ({} KiB per core) [{}]",
+        kib(r.caches.l1d),
+        kib(r.caches.l2),
+        kib(r.caches.l3),
+        kib(r.caches.l3_share),
+        r.caches.source
+    );
+    for (label, b) in [("f32", &r.blocking.f32), ("f16/bf16", &r.blocking.f16_bf16)] {
+        outln!(
+            "blocking     {label}: kc {}, mc {}, nc {}; unpacked up to {} weights or {} inputs",
+            b.kc,
+            b.mc,
+            b.nc,
+            b.unpacked_max_weights,
+            b.unpacked_max_inputs
+        );
+    }
     outln!(
         "fma peak     {:.1} GFLOP/s on 1 thread, {:.1} on 2; 2t/1t {:.2}: {}",
         fma1,

@@ -52,9 +52,21 @@ fn probe_json_has_positive_finite_figures() {
     assert_eq!(supported, want);
     assert!(v["logical_cpus"].as_u64().unwrap() >= 1);
     assert!(v["unix_time"].as_u64().unwrap() > 1_600_000_000);
-    // Present, null where the platform has no /proc (or before the cache detection is wired).
-    for key in ["cpu_model", "loadavg", "caches", "blocking"] {
+    // Present, null where the platform has no /proc.
+    for key in ["cpu_model", "loadavg"] {
         assert!(v.get(key).is_some(), "{key} missing: {v}");
+    }
+    // The caches the kernels were blocked for, and the blocking, as the library derives them.
+    let caches = bnfold::kernels::Caches::detect();
+    assert_eq!(v["caches"]["l1d"], caches.l1d);
+    assert_eq!(v["caches"]["l2"], caches.l2);
+    assert_eq!(v["caches"]["l3_share"], caches.l3_share);
+    let isa = bnfold::KernelChoice::Auto.resolve();
+    for (key, dtype) in [("f32", bnfold::DType::F32), ("f16_bf16", bnfold::DType::F16)] {
+        let b = bnfold::kernels::blocking_for(isa, dtype, &caches);
+        assert_eq!(v["blocking"][key]["kc"], b.kc, "{key}");
+        assert_eq!(v["blocking"][key]["mc"], b.mc, "{key}");
+        assert_eq!(v["blocking"][key]["nc"], b.nc, "{key}");
     }
     if std::path::Path::new("/proc/loadavg").exists() {
         let l = v["loadavg"].as_array().unwrap();

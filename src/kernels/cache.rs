@@ -174,7 +174,7 @@ fn from_cpuid() -> Option<Caches> {
         // registers; the leaves asked for are checked against the maximum leaf first (an
         // out-of-range leaf returns unspecified data, never faults). The intrinsic is a safe
         // function from Rust 1.95 on; the block keeps the crate building on its minimum
-        // supported Rust (see docs/SAFETY.md, S-8).
+        // supported Rust (see docs/SAFETY.md, S-9).
         #[allow(unused_unsafe)]
         unsafe {
             __cpuid_count(leaf, sub)

@@ -140,6 +140,19 @@ fn apply_epilogue_with(isa: Isa, ops: &[EpilogueOp], v: &mut [f32], col0: usize)
     }
 }
 
+/// The blocking a layer packed for `isa` with weights stored as `weights` gets on `caches`: the
+/// ISA's blocked tile shape (`NR` rows by `MV * LANES` features) and the weight size, through
+/// [`Blocking::derive`]. `isa` must be supported (resolve a [`KernelChoice`] first).
+pub fn blocking_for(isa: Isa, weights: DType, caches: &Caches) -> Blocking {
+    let fam = Family::of(isa);
+    let (nr, mv, ..) = fam.f32.big;
+    let elem = match weights {
+        DType::F32 => 4,
+        DType::F16 | DType::BF16 => 2,
+    };
+    Blocking::derive(caches, nr, mv * fam.lanes, elem)
+}
+
 /// Below this many multiply-adds a dense layer runs on the calling thread, without asking rayon
 /// anything: handing work to the pool costs a few microseconds, more than a small layer takes.
 pub const PARALLEL_MIN_MACS: usize = 1 << 19;
@@ -226,14 +239,8 @@ impl DenseKernel {
         );
         assert_eq!(bias.len(), outputs, "bias length");
         let isa = choice.resolve();
-        let fam = Family::of(isa);
-        let lanes = fam.lanes;
-        let elem = match weights {
-            DType::F32 => 4,
-            DType::F16 | DType::BF16 => 2,
-        };
-        let (nr, mv, ..) = fam.f32.big;
-        let blocking = Blocking::derive(&Caches::detect(), nr, mv * lanes, elem);
+        let lanes = Family::of(isa).lanes;
+        let blocking = blocking_for(isa, weights, &Caches::detect());
         let weights = if gemv::narrow(outputs, lanes) {
             Weights::Rows(gemv::Rows::new(weight, bias, outputs, inputs))
         } else {
@@ -287,13 +294,7 @@ impl DenseKernel {
     /// reach every block boundary of the blocked driver with small shapes.
     #[doc(hidden)]
     pub fn with_tiny_blocking(mut self) -> Self {
-        let fam = Family::of(self.isa);
-        let (nr, mv, ..) = fam.f32.big;
-        let elem = match self.weight_type() {
-            DType::F32 => 4,
-            DType::F16 | DType::BF16 => 2,
-        };
-        self.blocking = Blocking::derive(&Caches::TINY, nr, mv * fam.lanes, elem);
+        self.blocking = blocking_for(self.isa, self.weight_type(), &Caches::TINY);
         self
     }
 
