@@ -42,11 +42,13 @@ fn loading_and_compiling_a_mapped_file_leave_few_of_its_pages_resident() {
 
     let model = Model::load(&path).unwrap();
     // Left resident: the header and table, the small tensors read again after their check (BN
-    // variances), and the pages the kernel maps around each fault; never more than a few chunks
-    // of the checksum and validation passes (1 MiB each).
+    // variances), and the pages the kernel maps around each fault (88 KiB measured on Linux 6.18,
+    // ext4). The bound is half the file, to leave room for kernels that map a whole large
+    // page-cache folio per fault; before the release, all of it stayed resident.
+    let half_file_kib = bytes.len() as u64 / 2 / 1024;
     let after_load = mapped_rss_kib(&path);
     assert!(
-        after_load <= 2048,
+        after_load <= half_file_kib,
         "{after_load} KiB of the file resident after loading"
     );
 
@@ -59,7 +61,7 @@ fn loading_and_compiling_a_mapped_file_leave_few_of_its_pages_resident() {
         let mapped = model.compile(&opts).unwrap();
         let after_compile = mapped_rss_kib(&path);
         assert!(
-            after_compile <= 2048,
+            after_compile <= half_file_kib,
             "{after_compile} KiB resident after compiling"
         );
         let a = mapped.session().run(&x, 3).unwrap().to_vec();
