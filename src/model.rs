@@ -33,6 +33,35 @@ impl Storage {
         }
     }
 
+    /// Drop this process's resident pages of the mapped file over `range` (byte offsets into the
+    /// file, inside it), once the loader is done with those bytes for now: invisible to every
+    /// reader (the pages of a shared file mapping come back from the page cache on the next
+    /// access, with the same contents), it only lowers the resident set. A no-op for owned bytes
+    /// and on non-Unix hosts; a refusal by the OS leaves the pages resident.
+    fn release(&self, range: std::ops::Range<usize>) {
+        #[cfg(unix)]
+        if let Storage::Mmap(m) = self {
+            // SAFETY: S-5 in docs/SAFETY.md. The range is inside the mapping (callers pass ranges
+            // of the file the reader proved in bounds; memmap2 also refuses an offset or length
+            // past the mapping, and rounds the start down to its page), and for this read-only
+            // MAP_SHARED file mapping MADV_DONTNEED only drops page-table entries: any later
+            // read, including one racing with this call on another thread, faults the same
+            // page-cache pages back in, so no borrowed byte changes (under S-1's invariant: the
+            // file is not modified while the model is alive).
+            let advised = unsafe {
+                m.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    range.start,
+                    range.len(),
+                )
+            };
+            // Only a hint: if the OS refuses, the pages simply stay resident.
+            let _ = advised;
+        }
+        #[cfg(not(unix))]
+        let _ = range;
+    }
+
     fn copy_of(bytes: &[u8]) -> Storage {
         let mut words = vec![0u64; bytes.len().div_ceil(8)];
         bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
@@ -108,6 +137,15 @@ impl TensorData<'_> {
             TensorData::F32(v) => v.iter().position(|x| !x.is_finite()),
             TensorData::F16(v) => v.iter().position(|x| x.to_bits() & 0x7c00 == 0x7c00),
             TensorData::BF16(v) => v.iter().position(|x| x.to_bits() & 0x7f80 == 0x7f80),
+        }
+    }
+
+    /// Elements `r` (panics if the range is outside the tensor).
+    fn slice(&self, r: std::ops::Range<usize>) -> TensorData<'_> {
+        match self {
+            TensorData::F32(v) => TensorData::F32(&v[r]),
+            TensorData::F16(v) => TensorData::F16(&v[r]),
+            TensorData::BF16(v) => TensorData::BF16(&v[r]),
         }
     }
 
@@ -282,7 +320,13 @@ impl Model {
     }
 
     fn from_storage(storage: Storage, verify_checksum: bool) -> Result<Model> {
-        let parsed = format::parse(storage.bytes(), verify_checksum)?;
+        // The checksum pass reads the whole file; a mapped file's pages are let go chunk by chunk
+        // as they are hashed, so that loading a large network never holds the whole file
+        // resident (validation and compiling fault each tensor's pages back in when they read
+        // it, and let them go again).
+        let parsed = format::parse_with(storage.bytes(), verify_checksum, &mut |r| {
+            storage.release(r)
+        })?;
         let mut model = Model {
             storage,
             parsed,
@@ -433,26 +477,11 @@ impl Model {
     /// model: the pages of a shared file mapping come back from the page cache on the next access,
     /// with the same contents. A no-op for models read into memory, and on non-Unix hosts.
     pub(crate) fn release_layer_pages(&self, index: usize) {
-        #[cfg(unix)]
-        if let Storage::Mmap(m) = &self.storage {
-            for r in self.parsed.layers[index].kind.tensor_refs() {
-                let t = &self.parsed.tensors[r.tensor];
-                // SAFETY: S-5 in docs/SAFETY.md. The range is inside the mapping (the reader
-                // proved every tensor inside the file), and for this read-only MAP_SHARED file
-                // mapping MADV_DONTNEED only drops page-table entries: any later read, including
-                // one racing with this call on another thread, faults the same page-cache pages
-                // back in, so no borrowed byte changes (under S-1's invariant: the file is not
-                // modified while the model is alive).
-                let advised = unsafe {
-                    m.unchecked_advise_range(
-                        memmap2::UncheckedAdvice::DontNeed,
-                        t.file_offset,
-                        t.byte_len,
-                    )
-                };
-                // Only a hint: if the OS refuses, the pages simply stay resident.
-                let _ = advised;
-            }
+        for r in self.parsed.layers[index].kind.tensor_refs() {
+            let t = &self.parsed.tensors[r.tensor];
+            // Inside the file: the reader proved every tensor so.
+            self.storage
+                .release(t.file_offset..t.file_offset + t.byte_len);
         }
     }
 
@@ -488,7 +517,18 @@ impl Model {
             ));
         }
         let data = self.tensor_data(index)?;
-        if let Some(position) = data.first_non_finite() {
+        // Scanned a chunk at a time, each chunk's mapped pages let go once scanned (see
+        // `from_storage`): validation holds at most a chunk of a large tensor resident.
+        let chunk = (format::CHECKSUM_CHUNK / info.dtype.size()).max(1);
+        let found = (0..data.len()).step_by(chunk).find_map(|start| {
+            let end = (start + chunk).min(data.len());
+            let found = data.slice(start..end).first_non_finite();
+            let bytes = info.dtype.size();
+            self.storage
+                .release(info.file_offset + start * bytes..info.file_offset + end * bytes);
+            found.map(|p| start + p)
+        });
+        if let Some(position) = found {
             return Err(self.layer_err(
                 layer,
                 LayerError::NonFinite {

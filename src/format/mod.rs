@@ -7,6 +7,7 @@
 mod reader;
 mod writer;
 
+pub(crate) use reader::parse_with;
 pub use reader::{Header, Parsed, TensorInfo, parse};
 pub use writer::{AffineTensors, BatchNormTensors, TensorId, Writer};
 
@@ -350,10 +351,26 @@ pub struct LayerRecord {
 ///
 /// `bytes` must be at least [`HEADER_LEN`] long.
 pub fn checksum(bytes: &[u8]) -> u32 {
+    checksum_with(bytes, &mut |_| {})
+}
+
+/// Bytes hashed between two calls of [`checksum_with`]'s `hashed`.
+pub(crate) const CHECKSUM_CHUNK: usize = 1 << 20;
+
+/// [`checksum`], calling `hashed(range)` after each range of at most [`CHECKSUM_CHUNK`] bytes past
+/// the checksum field has been hashed (in order; together they cover `CHECKSUM_RANGE.end..`), so
+/// that a caller reading a mapped file can let the OS drop the pages it will not need again soon.
+/// `bytes` must hold at least the fixed header.
+pub(crate) fn checksum_with(bytes: &[u8], hashed: &mut dyn FnMut(std::ops::Range<usize>)) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&bytes[..CHECKSUM_RANGE.start]);
     h.update(&[0u8; 4]);
-    h.update(&bytes[CHECKSUM_RANGE.end..]);
+    let mut at = CHECKSUM_RANGE.end;
+    for chunk in bytes[CHECKSUM_RANGE.end..].chunks(CHECKSUM_CHUNK) {
+        h.update(chunk);
+        hashed(at..at + chunk.len());
+        at += chunk.len();
+    }
     h.finalize()
 }
 
@@ -372,4 +389,38 @@ pub fn fix_checksum(bytes: &mut [u8]) {
 pub fn align_up(n: u64) -> Option<u64> {
     n.checked_add(ALIGN as u64 - 1)
         .map(|v| v & !(ALIGN as u64 - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chunked checksum is the checksum, and its chunks cover the bytes after the checksum
+    /// field exactly once, in order, each at most a chunk long.
+    #[test]
+    fn chunked_checksum_covers_the_file_in_order() {
+        for len in [
+            HEADER_LEN,
+            HEADER_LEN + 1,
+            CHECKSUM_CHUNK,
+            2 * CHECKSUM_CHUNK + 77,
+        ] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+            let mut seen = Vec::new();
+            let crc = checksum_with(&bytes, &mut |r| seen.push(r));
+            let mut whole = crc32fast::Hasher::new();
+            whole.update(&bytes[..CHECKSUM_RANGE.start]);
+            whole.update(&[0; 4]);
+            whole.update(&bytes[CHECKSUM_RANGE.end..]);
+            assert_eq!(crc, whole.finalize(), "len {len}");
+            assert_eq!(crc, checksum(&bytes));
+            let mut at = CHECKSUM_RANGE.end;
+            for r in &seen {
+                assert_eq!(r.start, at, "len {len}: {seen:?}");
+                assert!(!r.is_empty() && r.len() <= CHECKSUM_CHUNK);
+                at = r.end;
+            }
+            assert_eq!(at, len, "len {len}: {seen:?}");
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use super::{
     AFFINE_MINOR, ALIGN, Activation, CHECKSUM_RANGE, DType, HEADER_LEN, LayerKind, LayerRecord,
-    MAGIC, NO_TENSOR, VERSION_MAJOR, align_up, checksum, limits,
+    MAGIC, NO_TENSOR, VERSION_MAJOR, align_up, checksum_with, limits,
 };
 use crate::error::{Error, FormatError, Result};
 
@@ -87,7 +87,18 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
 /// With `verify_checksum` false the CRC is not computed (the fuzzers use this to reach deeper code);
 /// every structural check still runs.
 pub fn parse(bytes: &[u8], verify_checksum: bool) -> Result<Parsed> {
-    let header = parse_header(bytes, verify_checksum)?;
+    parse_with(bytes, verify_checksum, &mut |_| {})
+}
+
+/// [`parse`], calling `hashed` after each chunk of the checksum pass (see
+/// [`checksum_with`](super::checksum_with)); the structural checks after it read only the header
+/// and the table.
+pub(crate) fn parse_with(
+    bytes: &[u8],
+    verify_checksum: bool,
+    hashed: &mut dyn FnMut(std::ops::Range<usize>),
+) -> Result<Parsed> {
+    let header = parse_header(bytes, verify_checksum, hashed)?;
     // parse_header proved 64 + table_len <= data_offset <= file length, so this slice is in bounds.
     let table_end = HEADER_LEN + header.table_len as usize;
     let mut cur = Cursor {
@@ -410,7 +421,11 @@ pub fn parse(bytes: &[u8], verify_checksum: bool) -> Result<Parsed> {
 }
 
 /// Check the fixed header against the real length of `bytes`, and the checksum if asked.
-pub(crate) fn parse_header(bytes: &[u8], verify_checksum: bool) -> Result<Header> {
+pub(crate) fn parse_header(
+    bytes: &[u8],
+    verify_checksum: bool,
+    hashed: &mut dyn FnMut(std::ops::Range<usize>),
+) -> Result<Header> {
     let actual = bytes.len() as u64;
     if bytes.len() < HEADER_LEN {
         // Say "bad magic" rather than "too small" when even the bytes we have are wrong, so a random
@@ -493,7 +508,7 @@ pub(crate) fn parse_header(bytes: &[u8], verify_checksum: bool) -> Result<Header
     }
     let stored = le_u32(bytes, CHECKSUM_RANGE.start);
     if verify_checksum {
-        let computed = checksum(bytes);
+        let computed = checksum_with(bytes, hashed);
         if computed != stored {
             return Err(Error::format(
                 CHECKSUM_RANGE.start as u64,

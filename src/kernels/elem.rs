@@ -56,6 +56,33 @@ pub(crate) trait WeightElem:
         unsafe { (Self::load::<V, false>(p), Self::load::<V, true>(p)) }
     }
 
+    /// How far ahead of the depth it reads, in bytes, the micro-kernel asks for each panel's lines
+    /// ([`WeightElem::prefetch`], once per cache line of each panel stream); 0 for none.
+    ///
+    /// Half-precision panels are read at half the bytes per FMA of f32 ones, so at batch 1 the
+    /// hardware prefetcher alone does not keep enough lines in flight to reach the memory
+    /// bandwidth f32 panels reach; a software prefetch 1 KiB ahead of each stream closes most of
+    /// that gap (measured on the AVX2 machine of docs/PERFORMANCE.md, "Half-precision weights").
+    /// f32 panels are left to the hardware prefetcher: a software prefetch slowed them there.
+    const PREFETCH: usize;
+
+    /// Hint the CPU to bring the cache line holding `p` into its caches.
+    ///
+    /// Safe for any `p`, even one outside every allocation (compute it with `wrapping_add`): a
+    /// prefetch is a hint that never faults and changes nothing the program can read.
+    #[inline(always)]
+    fn prefetch(p: *const Self) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: PREFETCHT0 (SSE, part of every x86-64 CPU) only hints the cache hierarchy: it
+        // does not fault on any address, mapped or not, and it reads nothing into a register, so
+        // no value of the program depends on `p`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = p;
+    }
+
     /// This type's tile entry points in an ISA's table.
     fn tiles(fam: &Family) -> &Tiles<Self>;
 }
@@ -70,6 +97,7 @@ impl WeightElem for f32 {
         self
     }
     const PAIRED: bool = false;
+    const PREFETCH: usize = 0;
     #[inline(always)]
     unsafe fn load<V: Simd, const ODD: bool>(p: *const f32) -> V {
         // SAFETY: forwarded contract (`LANES` f32 at depth `kk` or `kk + 1`).
@@ -90,6 +118,7 @@ impl WeightElem for f16 {
         f16::to_f32(self)
     }
     const PAIRED: bool = false;
+    const PREFETCH: usize = 1024;
     #[inline(always)]
     unsafe fn load<V: Simd, const ODD: bool>(p: *const f16) -> V {
         // SAFETY: forwarded contract; `f16` is a `u16` bit pattern (`repr(transparent)`), so the
@@ -115,6 +144,7 @@ impl WeightElem for bf16 {
     /// zero-extension (measured on the AVX2 machine of docs/PERFORMANCE.md: 0.66 ns per vector of
     /// 8 weights with the FMA, against 1.23 ns for a zero-extend and shift, 1.20 ns for F16C).
     const PAIRED: bool = true;
+    const PREFETCH: usize = 1024;
     #[inline(always)]
     unsafe fn load<V: Simd, const ODD: bool>(p: *const bf16) -> V {
         // SAFETY: as for `f16`: the pair's `2 * LANES` u16 at `p`. (The half not asked for is
