@@ -738,11 +738,22 @@ pub(crate) unsafe fn run_block<W: WeightElem>(
         // With more than one chunk of rows, take the panels in groups that stay in L2 while every
         // chunk of rows passes over them: the weights then come from L3 once per call, not once
         // per chunk (the inputs are re-read per group instead, far fewer bytes).
-        let mv8 = tiles.small[SMALL_BATCH].1;
-        let group = if rows.len() <= SMALL_BATCH {
+        // The chunks of rows and their tiles' widths: a group is a multiple of the widest (all
+        // are powers of two), so that no chunk falls back to one-vector tiles inside a group.
+        let (mut chunks, mut mv_max, mut r) = (0, 1, rows.start);
+        while r < rows.end {
+            let (nr, mv, ..) = tiles.small[(rows.end - r).min(SMALL_BATCH)];
+            mv_max = mv_max.max(mv);
+            chunks += 1;
+            r += nr.min(rows.end - r);
+        }
+        // One chunk streams the weights once whatever the grouping. With two or more (7 rows
+        // and up, as 6 + 1 or 6 + 2 on AVX2) ungrouped panels would stream the weights from
+        // memory once per chunk: a 4096-wide layer at batch 8 took twice its bandwidth time.
+        let group = if chunks <= 1 {
             panels.len().max(1)
         } else {
-            (blocking.group_bytes / (w.stride * size_of::<W>())).max(mv8) / mv8 * mv8
+            (blocking.group_bytes / (w.stride * size_of::<W>())).max(mv_max) / mv_max * mv_max
         };
         for g0 in panels.clone().step_by(group) {
             let g1 = (g0 + group).min(panels.end);
