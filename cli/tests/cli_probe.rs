@@ -62,7 +62,10 @@ fn probe_json_has_positive_finite_figures() {
     assert_eq!(v["caches"]["l2"], caches.l2);
     assert_eq!(v["caches"]["l3_share"], caches.l3_share);
     let isa = bnfold::KernelChoice::Auto.resolve();
-    for (key, dtype) in [("f32", bnfold::DType::F32), ("f16_bf16", bnfold::DType::F16)] {
+    for (key, dtype) in [
+        ("f32", bnfold::DType::F32),
+        ("f16_bf16", bnfold::DType::F16),
+    ] {
         let b = bnfold::kernels::blocking_for(isa, dtype, &caches);
         assert_eq!(v["blocking"][key]["kc"], b.kc, "{key}");
         assert_eq!(v["blocking"][key]["mc"], b.mc, "{key}");
