@@ -8,7 +8,7 @@
 //! (lane-wise along `k`, then the lanes in index order), whatever the thread count.
 
 use super::EpilogueOp;
-use super::simd::Simd;
+use super::simd::{Simd, lanes};
 
 /// Outputs computed together per input row: their accumulators and the shared input vector stay
 /// in registers (4 + 1 + 4 of 16 on AVX2), 5 loads per 4 FMAs.
@@ -92,9 +92,7 @@ pub(crate) unsafe fn rows<V: Simd>(t: &RowArgs<'_>) {
                     }
                 }
                 for (j, a) in acc.iter().enumerate().take(m) {
-                    let mut lanes = [0.0f32; 16];
-                    a.store(lanes.as_mut_ptr());
-                    let s = lanes[..l].iter().fold(0.0f32, |s, v| s + v);
+                    let s = lanes(*a)[..l].iter().fold(0.0f32, |s, v| s + v);
                     *yr.add(o0 + j) = s + t.w.bias[o0 + j];
                 }
                 o0 += m;

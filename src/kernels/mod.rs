@@ -146,11 +146,7 @@ fn apply_epilogue_with(isa: Isa, ops: &[EpilogueOp], v: &mut [f32], col0: usize)
 pub fn blocking_for(isa: Isa, weights: DType, caches: &Caches) -> Blocking {
     let fam = Family::of(isa);
     let (nr, mv, ..) = fam.f32.big;
-    let elem = match weights {
-        DType::F32 => 4,
-        DType::F16 | DType::BF16 => 2,
-    };
-    Blocking::derive(caches, nr, mv * fam.lanes, elem)
+    Blocking::derive(caches, nr, mv * fam.lanes, weights.size())
 }
 
 /// Below this many multiply-adds a dense layer runs on the calling thread, without asking rayon

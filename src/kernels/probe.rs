@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use super::gemm::Family;
 use super::isa::{Isa, KernelChoice};
-use super::simd::Simd;
+use super::simd::{Simd, lanes};
 
 /// Independent FMA chains of the peak probe.
 pub const FMA_CHAINS: usize = 12;
@@ -79,12 +79,9 @@ unsafe fn fma_chains<V: Simd>(seed: f32) -> f32 {
 /// The CPU supports `V`.
 #[inline(always)]
 unsafe fn sum_lanes<V: Simd>(v: V) -> f32 {
-    let mut buf = [0.0f32; 16];
-    debug_assert!(V::LANES <= buf.len());
-    // SAFETY: `buf` holds 16 >= LANES values (every ISA has at most 16 lanes); the CPU supports
-    // `V` (caller).
-    unsafe { v.store(buf.as_mut_ptr()) };
-    buf[..V::LANES].iter().sum()
+    // SAFETY: the CPU supports `V` (caller).
+    let all = unsafe { lanes(v) };
+    all[..V::LANES].iter().sum()
 }
 
 /// The sum of `buf` (in an order of its own), read as [`READ_STREAMS`] streams of whole vectors;

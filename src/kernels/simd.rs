@@ -88,6 +88,21 @@ pub(crate) trait Simd: Copy {
     unsafe fn act_tile(a: crate::activation::Activation, v: &mut [Self]);
 }
 
+/// The lanes of `x` in an array (the first `V::LANES` of 16 meaningful): for horizontal sums and
+/// maxima, which every ISA does in scalar after its vector loop.
+///
+/// # Safety
+/// The CPU supports `V`.
+#[inline(always)]
+pub(crate) unsafe fn lanes<V: Simd>(x: V) -> [f32; 16] {
+    let mut buf = [0.0f32; 16];
+    debug_assert!(V::LANES <= buf.len());
+    // SAFETY: `buf` holds 16 >= LANES values (every ISA has at most 16 lanes); the CPU supports
+    // `V` (caller).
+    unsafe { x.store(buf.as_mut_ptr()) };
+    buf
+}
+
 /// Copy `n < L` values through a stack buffer (the portable partial load).
 #[inline(always)]
 pub(crate) unsafe fn partial_to_array<const L: usize>(p: *const f32, n: usize) -> [f32; L] {

@@ -19,7 +19,7 @@
 //! polynomials, whose coefficients were rounded to f32 one at a time from the highest degree with
 //! the rest refitted): see `TANH_P`, `PHI_A`, `PHI_G`.
 
-use super::simd::Simd;
+use super::simd::{Simd, lanes};
 use crate::activation::Activation;
 
 /// `log2(e)`.
@@ -408,18 +408,6 @@ pub(crate) unsafe fn apply_slice<V: Simd>(a: Activation, v: &mut [f32]) {
 pub(crate) unsafe fn exp_slice<V: Simd>(v: &mut [f32]) {
     // SAFETY: the function contract.
     unsafe { map::<V, _>(v, Exp) }
-}
-
-/// Lanes of `x` summed (or maxed) in scalar.
-///
-/// # Safety
-/// The CPU supports `V`.
-#[inline(always)]
-unsafe fn lanes<V: Simd>(x: V) -> [f32; 16] {
-    let mut buf = [0.0f32; 16];
-    // SAFETY: `buf` holds 16 >= LANES values.
-    unsafe { x.store(buf.as_mut_ptr()) };
-    buf
 }
 
 /// Softmax over each row of `width` values, in place: the row maximum (vector `max`), `exp` of
