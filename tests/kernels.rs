@@ -59,6 +59,14 @@ fn reference_op(op: &EpilogueOp, v: f64, j: usize) -> f64 {
     }
 }
 
+/// Every output equals the f64 reference exactly (an exact grid), else a failure naming `what`
+/// and the (row, feature) of the first difference.
+fn assert_exact(y: &[f32], want: &[f64], n: usize, what: &dyn std::fmt::Display) {
+    for (i, (&got, &want)) in y.iter().zip(want).enumerate() {
+        assert_eq!(got as f64, want, "{what} at ({}, {})", i / n, i % n);
+    }
+}
+
 fn kernel(isa: Isa, k: usize, n: usize, w: &[f32], b: &[f32]) -> DenseKernel {
     let kern = DenseKernel::with_choice(k, n, w, b, KernelChoice::Force(isa));
     assert_eq!(
@@ -111,15 +119,7 @@ fn exact_products_match_reference_bit_for_bit_on_every_shape_and_path() {
                     let kern = kernel(isa, k, n, &w, &b);
                     let mut y = vec![f32::NAN; m * n];
                     kern.forward(&x, m, &mut y, &[]);
-                    for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
-                        assert_eq!(
-                            got as f64,
-                            want,
-                            "{isa} m={m} k={k} n={n} at ({}, {})",
-                            i / n,
-                            i % n
-                        );
-                    }
+                    assert_exact(&y, &want, n, &format_args!("{isa} m={m} k={k} n={n}"));
                 }
             }
         }
@@ -519,15 +519,9 @@ fn half_weights_on_an_exact_grid_match_the_reference_bit_for_bit() {
                         for blocked in [false, true] {
                             let mut y = vec![f32::NAN; m * n];
                             kern.forward_with_driver(&x, m, &mut y, &[], blocked);
-                            for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
-                                assert_eq!(
-                                    got as f64,
-                                    want,
-                                    "{isa} {dtype} blocked={blocked} m={m} k={k} n={n} at ({}, {})",
-                                    i / n,
-                                    i % n
-                                );
-                            }
+                            let what =
+                                format_args!("{isa} {dtype} blocked={blocked} m={m} k={k} n={n}");
+                            assert_exact(&y, &want, n, &what);
                         }
                     }
                 }
@@ -761,15 +755,12 @@ fn tiny_blocks_cross_every_boundary_exactly() {
                         assert_eq!(kern.blocking().kc, 16);
                         let mut y = vec![f32::NAN; m * n];
                         kern.forward_with_driver(&x, m, &mut y, &[], true);
-                        for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
-                            assert_eq!(
-                                got as f64,
-                                want,
-                                "{isa} {dtype} m={m} k={k} n={n} at ({}, {})",
-                                i / n,
-                                i % n
-                            );
-                        }
+                        assert_exact(
+                            &y,
+                            &want,
+                            n,
+                            &format_args!("{isa} {dtype} m={m} k={k} n={n}"),
+                        );
                     }
                 }
             }
