@@ -6,10 +6,12 @@
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use crate::error::{InputError, Result};
 use crate::fold::{Lowered, LoweredStep, lower};
 use crate::format::DType;
-use crate::kernels::{self, DenseKernel, EpilogueOp, KernelChoice};
+use crate::kernels::{self, Caches, DenseKernel, EpilogueOp, KernelChoice};
 use crate::model::Model;
 
 /// Which computation a plan performs.
@@ -107,6 +109,11 @@ pub struct Plan {
     output_features: usize,
     max_width: usize,
     steps: Vec<Step>,
+    /// Multiply-adds of the dense steps per row.
+    macs_per_row: usize,
+    /// Whether a large batch runs as parts of its rows, one per thread, each through every step
+    /// (see [`Plan::row_part`]).
+    split_rows: bool,
 }
 
 /// The two activation buffers a run ping-pongs between, grown to the largest batch seen.
@@ -218,13 +225,49 @@ impl Plan {
             .chain([model.input_features()])
             .max()
             .unwrap_or(1);
+        let dense = || {
+            steps.iter().filter_map(|s| match &s.op {
+                Op::Dense { kernel, .. } => Some(kernel),
+                _ => None,
+            })
+        };
+        let macs_per_row = dense().map(|k| k.macs(1)).fold(0, usize::saturating_add);
+        let weight_bytes = dense().map(|k| k.weight_bytes()).sum::<usize>();
         Ok(Plan {
             mode: options.mode,
             input_features: model.input_features(),
             output_features: model.output_features(),
             max_width,
             steps,
+            macs_per_row,
+            split_rows: weight_bytes <= Caches::detect().l2 / 2,
         })
+    }
+
+    /// Rows per part when a call on `batch` rows runs as parts of its rows, each part through
+    /// every step on one thread of the current rayon pool; `None` to run step by step (each
+    /// large dense layer then splits itself across the pool).
+    ///
+    /// Plans whose weights fit in half of one core's L2 split their rows once per call when the
+    /// call's multiply-adds reach [`kernels::PARALLEL_MIN_MACS`]: their layers are narrow, so
+    /// each would otherwise split (by rows) on its own, a fork and join per layer for work of a
+    /// few tens of microseconds, and every core holds all the weights anyway. Larger plans keep
+    /// the per-layer split, where each thread streams its share of a layer's weights. Parts are
+    /// multiples of 8 rows; each part's dense layers take the driver of the whole batch, so the
+    /// outputs are bit for bit those of the undivided call.
+    fn row_part(&self, batch: usize) -> Option<usize> {
+        self.rows_per_part(batch)
+    }
+
+    /// [`Plan::row_part`] in the current rayon pool, for tests.
+    #[doc(hidden)]
+    pub fn rows_per_part(&self, batch: usize) -> Option<usize> {
+        if !self.split_rows || batch < 16 {
+            return None;
+        }
+        let threads = kernels::threads_for(self.macs_per_row.saturating_mul(batch));
+        let rows = batch.div_ceil(threads).div_ceil(8) * 8;
+        (threads > 1 && rows < batch).then_some(rows)
     }
 
     /// Folded or unfolded.
@@ -351,9 +394,21 @@ impl Plan {
 
 impl Step {
     /// Compute this step from `src` (`[batch, width_in]`) into `dst` (`[batch, self.width]`).
-    fn run(&self, src: &[f32], dst: &mut [f32], batch: usize, width_in: usize) {
+    /// `whole`: these rows are a part of a call on `whole` rows, run on this thread alone (see
+    /// [`Plan::row_part`]).
+    fn run(
+        &self,
+        src: &[f32],
+        dst: &mut [f32],
+        batch: usize,
+        width_in: usize,
+        whole: Option<usize>,
+    ) {
         match &self.op {
-            Op::Dense { kernel, epilogue } => kernel.forward(src, batch, dst, epilogue),
+            Op::Dense { kernel, epilogue } => match whole {
+                Some(whole) => kernel.forward_part(src, batch, dst, epilogue, whole),
+                None => kernel.forward(src, batch, dst, epilogue),
+            },
             Op::Elementwise(_) | Op::Softmax => {
                 debug_assert_eq!(width_in, self.width);
                 dst.copy_from_slice(src);
@@ -401,35 +456,36 @@ impl Scratch {
     fn run<'s>(&'s mut self, plan: &Plan, input: &[f32], batch: usize) -> Result<&'s [f32]> {
         plan.check_input(input, batch)?;
         self.reserve(plan, batch)?;
-        let mut width = plan.input_features;
-        // `cur_in_a` says which buffer holds the current activations; the input slice is read
-        // directly by the first step, never copied.
-        let mut cur_in_a: Option<bool> = None;
-        for step in &plan.steps {
-            // Elementwise steps (the unfolded path's BN and activation passes, an unfoldable BN)
-            // run in place on the buffer that holds the activations: one pass over memory, as a
-            // framework's separate BN kernel makes, not a copy and then a pass.
-            if let Some(in_a) = cur_in_a {
-                let buf = if in_a { &mut self.a } else { &mut self.b };
-                if step.apply_in_place(&mut buf[..batch * width]) {
-                    continue;
+        let (mw, n_in, n_out) = (plan.max_width, plan.input_features, plan.output_features);
+        let cur_in_a = match plan.row_part(batch) {
+            None => run_steps(plan, input, batch, &mut self.a, &mut self.b, None),
+            Some(rows) => {
+                // Each part owns its rows of both buffers (`rows * mw` values each), so the parts
+                // share nothing; every part's result lands in the same buffer (the same steps).
+                let (a, b) = (&mut self.a[..batch * mw], &mut self.b[..batch * mw]);
+                let in_a = a
+                    .par_chunks_mut(rows * mw)
+                    .zip(b.par_chunks_mut(rows * mw))
+                    .enumerate()
+                    .map(|(t, (a, b))| {
+                        let (r0, r) = (t * rows, a.len() / mw);
+                        let x = &input[r0 * n_in..(r0 + r) * n_in];
+                        run_steps(plan, x, r, a, b, Some(batch))
+                    })
+                    .reduce(|| None, |p, q| p.or(q));
+                // Part `t`'s outputs sit at its rows' offset `r0 * mw`; move them down to
+                // `r0 * n_out`, in order: a part's target ends at or below the next one's source.
+                let buf = if in_a == Some(true) { a } else { b };
+                if n_out < mw {
+                    for r0 in (rows..batch).step_by(rows) {
+                        let r = rows.min(batch - r0);
+                        buf.copy_within(r0 * mw..r0 * mw + r * n_out, r0 * n_out);
+                    }
                 }
+                in_a
             }
-            let (src, dst): (&[f32], &mut [f32]) = match cur_in_a {
-                None => (input, &mut self.a[..]),
-                Some(true) => (&self.a[..], &mut self.b[..]),
-                Some(false) => (&self.b[..], &mut self.a[..]),
-            };
-            step.run(
-                &src[..batch * width],
-                &mut dst[..batch * step.width],
-                batch,
-                width,
-            );
-            width = step.width;
-            cur_in_a = Some(!cur_in_a.unwrap_or(false));
-        }
-        let n = batch * plan.output_features;
+        };
+        let n = batch * n_out;
         Ok(match cur_in_a {
             // A network with no layers is the identity; copy so the result borrows the session.
             None => {
@@ -459,6 +515,49 @@ impl Scratch {
         output.copy_from_slice(self.run(plan, input, batch)?);
         Ok(())
     }
+}
+
+/// Run every step of `plan` on `batch` rows of `input`, ping-ponging between `a` and `b` (each at
+/// least `batch` rows of the plan's widest step); returns which holds the output (`Some(true)`:
+/// `a`), `None` if the plan has no steps. `whole`: see [`Step::run`].
+fn run_steps(
+    plan: &Plan,
+    input: &[f32],
+    batch: usize,
+    a: &mut [f32],
+    b: &mut [f32],
+    whole: Option<usize>,
+) -> Option<bool> {
+    let mut width = plan.input_features;
+    // `cur_in_a` says which buffer holds the current activations; the input slice is read
+    // directly by the first step, never copied.
+    let mut cur_in_a: Option<bool> = None;
+    for step in &plan.steps {
+        // Elementwise steps (the unfolded path's BN and activation passes, an unfoldable BN)
+        // run in place on the buffer that holds the activations: one pass over memory, as a
+        // framework's separate BN kernel makes, not a copy and then a pass.
+        if let Some(in_a) = cur_in_a {
+            let buf = if in_a { &mut *a } else { &mut *b };
+            if step.apply_in_place(&mut buf[..batch * width]) {
+                continue;
+            }
+        }
+        let (src, dst): (&[f32], &mut [f32]) = match cur_in_a {
+            None => (input, &mut *a),
+            Some(true) => (&*a, &mut *b),
+            Some(false) => (&*b, &mut *a),
+        };
+        step.run(
+            &src[..batch * width],
+            &mut dst[..batch * step.width],
+            batch,
+            width,
+            whole,
+        );
+        width = step.width;
+        cur_in_a = Some(!cur_in_a.unwrap_or(false));
+    }
+    cur_in_a
 }
 
 impl<'p> Session<'p> {
@@ -538,6 +637,7 @@ impl Trace<'_> {
             &mut dst[..batch * step.width],
             batch,
             self.width,
+            None,
         );
         self.width = step.width;
         let in_a = !self.cur_in_a.unwrap_or(false);

@@ -4,6 +4,10 @@
 //! changes which thread computes a tile, never the order of a sum), and both paths pass
 //! `bnfold::verify` against the f64 reference.
 //!
+//! Narrow networks (weights within half an L2) take the other split: a large call runs as parts
+//! of its rows, one per thread, each through every step; the second property checks that those
+//! give the bits of the undivided call, with pools of 1, 2 and 3 threads.
+//!
 //! The fuzz targets' inputs (8 KB) are too small to reach these paths; this test is what does.
 
 use bnfold::kernels::PARALLEL_MIN_MACS;
@@ -57,8 +61,73 @@ fn net() -> impl Strategy<Value = (usize, Vec<Layer>, usize, DType, u64)> {
         )
 }
 
+/// A narrow network (every width below 64, so its weights are a few KiB) and a batch large
+/// enough for the whole call to reach the parallel threshold.
+fn narrow_net() -> impl Strategy<Value = (usize, Vec<Layer>, usize, DType, u64)> {
+    let act = proptest::sample::select(
+        Activation::ALL
+            .into_iter()
+            .filter(|a| a.is_elementwise())
+            .collect::<Vec<_>>(),
+    );
+    (
+        1usize..64,
+        prop::collection::vec((1usize..64, act, any::<bool>()), 1..5),
+        (1usize..8, any::<bool>()),
+        0usize..64,
+        prop_oneof![Just(DType::F32), Just(DType::F16), Just(DType::BF16)],
+        any::<u64>(),
+    )
+        .prop_map(|(input, hidden, (out, softmax), extra, dtype, seed)| {
+            let mut layers = vec![Layer::Bn];
+            let (mut width, mut macs) = (input, 0);
+            for (w, act, bn) in hidden {
+                layers.push(Layer::Dense(w));
+                if bn {
+                    layers.push(Layer::Bn);
+                }
+                layers.push(Layer::Act(act));
+                macs += width * w;
+                width = w;
+            }
+            layers.push(Layer::Dense(out));
+            if softmax {
+                layers.push(Layer::Act(Activation::Softmax));
+            }
+            macs += width * out;
+            // At least the threshold, plus a few rows so that the last part is a short one.
+            let batch = PARALLEL_MIN_MACS.div_ceil(macs) + extra;
+            (input, layers, batch, dtype, seed)
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn narrow_plans_split_by_rows_give_the_same_bits(
+        (input, layers, batch, dtype, seed) in narrow_net()
+    ) {
+        let bytes = bnfold::synth::network(input, &layers, seed, dtype, Stats::default()).unwrap();
+        let model = Model::from_bytes(&bytes).unwrap();
+        let x = bnfold::synth::input(batch, input, 2.0, seed);
+        let pool = |n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
+        for opts in [Options::folded(), Options::unfolded()] {
+            let plan = model.compile(&opts).unwrap();
+            let y1 = pool(1).install(|| plan.session().run(&x, batch).unwrap().to_vec());
+            prop_assert_eq!(y1.len(), batch * plan.output_features());
+            for n in [2, 3] {
+                let p = pool(n);
+                // The split this property is about is taken.
+                prop_assert!(p.install(|| plan.rows_per_part(batch)).is_some());
+                let y = p.install(|| plan.session().run(&x, batch).unwrap().to_vec());
+                prop_assert!(
+                    y1.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{:?} {layers:?} batch {batch}: 1 and {n} threads differ", opts.mode
+                );
+            }
+        }
+    }
 
     #[test]
     fn parallel_plans_give_the_same_bits_and_pass_verify(

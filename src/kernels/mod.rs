@@ -149,9 +149,21 @@ pub fn blocking_for(isa: Isa, weights: DType, caches: &Caches) -> Blocking {
     Blocking::derive(caches, nr, mv * fam.lanes, weights.size())
 }
 
-/// Below this many multiply-adds a dense layer runs on the calling thread, without asking rayon
-/// anything: handing work to the pool costs a few microseconds, more than a small layer takes.
+/// Below this many multiply-adds a dense layer (or a plan's whole call, see [`crate::Plan`]) runs
+/// on the calling thread, without asking rayon anything: handing work to the pool costs a few
+/// microseconds, more than a small layer takes.
 pub const PARALLEL_MIN_MACS: usize = 1 << 19;
+
+/// How many threads work of `macs` multiply-adds is split across: 1 below [`PARALLEL_MIN_MACS`]
+/// (decided before asking rayon anything, so that small work never starts or touches a pool),
+/// else the current rayon pool's thread count.
+pub fn threads_for(macs: usize) -> usize {
+    if macs < PARALLEL_MIN_MACS {
+        1
+    } else {
+        rayon::current_num_threads()
+    }
+}
 
 /// A dense layer's weights and bias, packed for the kernel of one instruction set.
 ///
@@ -312,7 +324,33 @@ impl DenseKernel {
     /// `outputs`.
     pub fn forward(&self, x: &[f32], batch: usize, y: &mut [f32], epilogue: &[EpilogueOp]) {
         let unpacked = gemm::unpacked_path(&self.blocking, batch, self.inputs, self.outputs);
-        self.forward_impl(x, batch, y, epilogue, unpacked);
+        let threads = threads_for(self.macs(batch));
+        self.forward_impl(x, batch, y, epilogue, unpacked, threads);
+    }
+
+    /// [`DenseKernel::forward`] of `batch` rows that are a part of a batch of `whole` rows, on
+    /// the calling thread alone: the driver is the one the whole batch takes, so each row's sums
+    /// (and so its bits) are those of a call on the whole batch. A plan that splits its rows
+    /// across threads runs each part's layers with this.
+    ///
+    /// Panics as [`DenseKernel::forward`] does.
+    pub(crate) fn forward_part(
+        &self,
+        x: &[f32],
+        batch: usize,
+        y: &mut [f32],
+        epilogue: &[EpilogueOp],
+        whole: usize,
+    ) {
+        let unpacked = gemm::unpacked_path(&self.blocking, whole, self.inputs, self.outputs);
+        self.forward_impl(x, batch, y, epilogue, unpacked, 1);
+    }
+
+    /// Multiply-adds of a call on `batch` rows (saturating).
+    pub fn macs(&self, batch: usize) -> usize {
+        batch
+            .saturating_mul(self.inputs)
+            .saturating_mul(self.outputs)
     }
 
     /// [`DenseKernel::forward`] through the chosen driver (`blocked`: packed `X` and depth
@@ -327,9 +365,12 @@ impl DenseKernel {
         epilogue: &[EpilogueOp],
         blocked: bool,
     ) {
-        self.forward_impl(x, batch, y, epilogue, !blocked);
+        let threads = threads_for(self.macs(batch));
+        self.forward_impl(x, batch, y, epilogue, !blocked, threads);
     }
 
+    /// The product through the driver `unpacked` selects, split across `threads` (1: on the
+    /// calling thread).
     fn forward_impl(
         &self,
         x: &[f32],
@@ -337,6 +378,7 @@ impl DenseKernel {
         y: &mut [f32],
         epilogue: &[EpilogueOp],
         unpacked: bool,
+        threads: usize,
     ) {
         let (k, n) = (self.inputs, self.outputs);
         assert_eq!(Some(x.len()), batch.checked_mul(k), "x length");
@@ -346,28 +388,38 @@ impl DenseKernel {
             return;
         }
         let fam = Family::of(self.isa);
+        let run = Run {
+            x,
+            batch,
+            epilogue,
+            unpacked,
+            threads,
+        };
         match &self.weights {
-            Weights::F32(p) => self.forward_panels(fam, p, x, batch, y, epilogue, unpacked),
-            Weights::F16(p) => self.forward_panels(fam, p, x, batch, y, epilogue, unpacked),
-            Weights::Bf16(p) => self.forward_panels(fam, p, x, batch, y, epilogue, unpacked),
-            Weights::Rows(r) => self.forward_rows(fam, r, x, batch, y, epilogue),
+            Weights::F32(p) => self.forward_panels(fam, p, &run, y),
+            Weights::F16(p) => self.forward_panels(fam, p, &run, y),
+            Weights::Bf16(p) => self.forward_panels(fam, p, &run, y),
+            Weights::Rows(r) => self.forward_rows(fam, r, &run, y),
         }
     }
 
     /// The panel layout (weights stored as `W`), lengths checked by the caller: tiles over
     /// rectangles of the output, split across the pool when the layer is large.
-    #[allow(clippy::too_many_arguments)]
     fn forward_panels<W: WeightElem>(
         &self,
         fam: &Family,
         packed: &Packed<W>,
-        x: &[f32],
-        batch: usize,
+        run: &Run<'_>,
         y: &mut [f32],
-        epilogue: &[EpilogueOp],
-        unpacked: bool,
     ) {
-        let (k, n) = (self.inputs, self.outputs);
+        let Run {
+            x,
+            batch,
+            epilogue,
+            unpacked,
+            threads,
+        } = *run;
+        let k = self.inputs;
         if k == 0 {
             gemm::bias_only(self.isa, packed, batch, y, epilogue);
             return;
@@ -391,13 +443,6 @@ impl DenseKernel {
                     epilogue,
                 )
             }
-        };
-        // Checked before asking rayon anything: a small layer never touches (or starts) a pool.
-        let macs = batch.saturating_mul(k).saturating_mul(n);
-        let threads = if macs < PARALLEL_MIN_MACS {
-            1
-        } else {
-            rayon::current_num_threads()
         };
         if threads <= 1 {
             whole(0..batch, 0..panels);
@@ -425,15 +470,14 @@ impl DenseKernel {
 
     /// The row layout: rows of the batch split across the pool when the layer is large, each
     /// task writing its own rows, then the epilogue on the rows it wrote.
-    fn forward_rows(
-        &self,
-        fam: &gemm::Family,
-        w: &gemv::Rows,
-        x: &[f32],
-        batch: usize,
-        y: &mut [f32],
-        epilogue: &[EpilogueOp],
-    ) {
+    fn forward_rows(&self, fam: &gemm::Family, w: &gemv::Rows, run: &Run<'_>, y: &mut [f32]) {
+        let Run {
+            x,
+            batch,
+            epilogue,
+            threads,
+            ..
+        } = *run;
         let n = self.outputs;
         let run = |rows: std::ops::Range<usize>, y: &mut [f32]| {
             let t = gemv::RowArgs {
@@ -448,12 +492,6 @@ impl DenseKernel {
             unsafe { (fam.rows)(&t) };
             gemv::epilogue(y, n, epilogue);
         };
-        let macs = batch.saturating_mul(self.inputs).saturating_mul(n);
-        let threads = if macs < PARALLEL_MIN_MACS {
-            1
-        } else {
-            rayon::current_num_threads()
-        };
         if threads <= 1 || batch < 2 {
             run(0..batch, y);
             return;
@@ -463,6 +501,18 @@ impl DenseKernel {
             .enumerate()
             .for_each(|(t, chunk)| run(t * step..(t * step + chunk.len() / n), chunk));
     }
+}
+
+/// One call's inputs and its split, as the drivers take them (lengths checked).
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    x: &'a [f32],
+    batch: usize,
+    epilogue: &'a [EpilogueOp],
+    /// The unpacked driver (else the blocked one).
+    unpacked: bool,
+    /// Threads to split across (1: the calling thread only).
+    threads: usize,
 }
 
 /// Panics if a per-feature vector of `ops` is shorter than `n`.
