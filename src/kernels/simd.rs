@@ -73,8 +73,6 @@ pub(crate) trait Simd: Copy {
     unsafe fn min(a: Self, b: Self) -> Self;
     /// `|x|` (the sign bit cleared; NaN stays NaN).
     unsafe fn abs(self) -> Self;
-    /// `mag` with its sign bit replaced by the sign bit of `sign`.
-    unsafe fn copysign(mag: Self, sign: Self) -> Self;
     /// The nearest integer (ties to even on the x86 paths, away from zero on the portable one;
     /// callers only need an integer within 1/2 of `x`). NaN stays NaN; `|x|` below 2^23 only.
     unsafe fn round(self) -> Self;

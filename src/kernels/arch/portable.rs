@@ -129,11 +129,6 @@ impl Simd for Portable {
         Portable(self.0.abs())
     }
     #[inline(always)]
-    unsafe fn copysign(mag: Self, sign: Self) -> Self {
-        let s = wide::f32x8::splat(-0.0);
-        Portable((mag.0 & !s) | (sign.0 & s))
-    }
-    #[inline(always)]
     unsafe fn round(self) -> Self {
         Portable(self.0.round())
     }

@@ -186,14 +186,6 @@ impl Simd for Avx2 {
         Avx2(_mm256_andnot_ps(_mm256_set1_ps(-0.0), self.0))
     }
     #[inline(always)]
-    unsafe fn copysign(mag: Self, sign: Self) -> Self {
-        let s = _mm256_set1_ps(-0.0);
-        Avx2(_mm256_or_ps(
-            _mm256_andnot_ps(s, mag.0),
-            _mm256_and_ps(s, sign.0),
-        ))
-    }
-    #[inline(always)]
     unsafe fn round(self) -> Self {
         Avx2(_mm256_round_ps::<
             { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },

@@ -137,14 +137,6 @@ impl Simd for Avx512 {
         Avx512(_mm512_abs_ps(self.0))
     }
     #[inline(always)]
-    unsafe fn copysign(mag: Self, sign: Self) -> Self {
-        // AVX-512F has no float `and`/`or` (that is AVX-512DQ): the integer forms on the bits.
-        let s = _mm512_set1_epi32(i32::MIN);
-        let m = _mm512_andnot_si512(s, _mm512_castps_si512(mag.0));
-        let g = _mm512_and_si512(s, _mm512_castps_si512(sign.0));
-        Avx512(_mm512_castsi512_ps(_mm512_or_si512(m, g)))
-    }
-    #[inline(always)]
     unsafe fn round(self) -> Self {
         Avx512(_mm512_roundscale_ps::<
             { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
