@@ -222,6 +222,39 @@ fn special_values_give_the_limits_on_every_path() {
     }
 }
 
+/// ReLU and leaky ReLU on the special values, bit for bit on every path: `x < 0 ? 0 : x` keeps
+/// -0 and NaN as they are and gives +0 for negative numbers down to -inf and the subnormals.
+#[test]
+fn relu_keeps_nan_and_negative_zero_on_every_path() {
+    let xs = [
+        -0.0,
+        0.0,
+        f32::NAN,
+        -f32::NAN,
+        f32::NEG_INFINITY,
+        f32::INFINITY,
+        -f32::from_bits(1),
+        f32::from_bits(1),
+        -1.5,
+        2.5,
+    ];
+    for isa in Isa::supported() {
+        for a in [Activation::Relu, Activation::LeakyRelu { alpha: 0.25 }] {
+            // 10 values: a whole vector and a partial one on 8 lanes, a partial one on 16.
+            let mut ys = xs.to_vec();
+            apply_with(KernelChoice::Force(isa), a, &mut ys);
+            for (&x, &y) in xs.iter().zip(&ys) {
+                let want = a.eval_f64(f64::from(x)) as f32;
+                assert!(
+                    y.to_bits() == want.to_bits() || (y.is_nan() && want.is_nan()),
+                    "{a:?} on {isa} at {x:e}: {y:e}, want {want:e}"
+                );
+            }
+            assert!(ys[2].is_nan() && ys[3].is_nan(), "{a:?} on {isa}: NaN lost");
+        }
+    }
+}
+
 /// Every element gets the same function whatever its position: slices of every length and
 /// offset (whole vectors and the partial tail) give the bits of one long slice.
 #[test]

@@ -54,8 +54,8 @@ pub(crate) trait Simd: Copy {
     unsafe fn div(a: Self, b: Self) -> Self;
     /// Lanes with `x < 0` replaced by `x * slope`; others (and NaN) unchanged (leaky ReLU).
     unsafe fn where_negative_mul(self, slope: Self) -> Self;
-    /// Lanes with `x < 0` replaced by 0; others (and NaN) unchanged (ReLU). A compare-and-select
-    /// rather than `max`, so that NaN propagates, and not `x * 0`, which is NaN at `-inf`.
+    /// Lanes with `x < 0` replaced by +0; others (NaN and -0 included) unchanged (ReLU): `0 > x ?
+    /// 0 : x`, not a `max` that drops NaN, and not `x * 0`, which is NaN at `-inf`.
     unsafe fn relu(self) -> Self;
 
     // The primitives of the vector math in `vmath.rs` (exp, tanh, sigmoid, the normal CDF).
