@@ -767,3 +767,44 @@ fn tiny_blocks_cross_every_boundary_exactly() {
         }
     }
 }
+
+/// Narrow layers (the row layout, fewer outputs than half a vector) compute blocks of rows that
+/// share each weight load; every row gets the bits it gets alone (the same lane-wise sums along
+/// `k`, then its lanes in index order), for each number of outputs a block takes together and
+/// rows left over after the last whole block.
+#[test]
+fn narrow_layers_give_each_row_the_bits_it_gets_alone() {
+    let mut g = Gen::new(21);
+    for isa in Isa::supported() {
+        let lanes = if isa == Isa::Avx512 { 16 } else { 8 };
+        for n in 1..lanes / 2 {
+            for k in [1, 5, 8, 30, 37] {
+                let batch = 19;
+                let x = g.vec(batch * k, Gen::uniform);
+                let w = g.vec(n * k, Gen::uniform);
+                let b = g.vec(n, Gen::uniform);
+                let kern = kernel(isa, k, n, &w, &b);
+                assert_eq!(kern.weight_bytes(), (n * k + n) * 4, "row layout");
+                let mut all = vec![0.0; batch * n];
+                kern.forward(&x, batch, &mut all, &[]);
+                for r in 0..batch {
+                    let mut one = vec![0.0; n];
+                    kern.forward(&x[r * k..(r + 1) * k], 1, &mut one, &[]);
+                    for (j, (a, o)) in all[r * n..(r + 1) * n].iter().zip(&one).enumerate() {
+                        assert_eq!(
+                            a.to_bits(),
+                            o.to_bits(),
+                            "{isa} n {n} k {k} row {r} out {j}"
+                        );
+                    }
+                }
+                let want = reference(&x, &w, &b, batch, k, n);
+                for (i, (&a, &r)) in all.iter().zip(&want).enumerate() {
+                    // k + 1 terms below 1 in magnitude, summed with k + 1 roundings (f32).
+                    let tol = (k as f64 + 1.0) * f64::from(f32::EPSILON) * (k as f64 + 1.0);
+                    assert!((f64::from(a) - r).abs() <= tol, "{isa} n {n} k {k} at {i}");
+                }
+            }
+        }
+    }
+}
