@@ -46,7 +46,7 @@ const EXP_HI: f32 = 89.0;
 
 /// `tanh(x) = x P(x^2) / Q(x^2)` on `|x| <= TANH_CLAMP`: a rational minimax fit (degree 4 over
 /// degree 4 in `x^2`, relative error 0.35 ulp in f64 and 0.72 ulp with the coefficients rounded to
-/// f32; fitted for bnfold by Loeb's iteration against `mpmath`). Fourteen operations and one
+/// f32; fitted for bnfold by Loeb's iteration against `mpmath`). Thirteen operations and one
 /// division, against about fifty for the `exp` form `1 - 2/(e^{2x} + 1)`.
 const TANH_P: [f32; 5] = [
     1.0,
@@ -62,9 +62,9 @@ const TANH_Q: [f32; 5] = [
     0.000_328_306_43,
     7.761_849_5e-7,
 ];
-/// Inputs are clamped to `[-TANH_CLAMP, TANH_CLAMP]`, the end of the fitted range: `tanh(x)` rounds
-/// to 1 in f32 from 9.0109 on (`1 - tanh(x) < 2^-25`), and the rational function evaluated in f32
-/// is at least 1 here on every path (with and without FMA), so the clamped result is exactly 1.
+/// The end of the fitted range (`x^2` is clamped to its square): `tanh(x)` rounds to 1 in f32 from
+/// 9.0109 on (`1 - tanh(x) < 2^-25`), and the rational function evaluated in f32 is at least 1
+/// here on every path (with and without FMA), so the clamped result is exactly 1 from here on.
 const TANH_CLAMP: f32 = 9.02;
 
 /// `Phi(x) = 1/2 + x A(x^2)` for `|x| < PHI_SMALL`: minimax, relative error of `A` 0.58 ulp
@@ -163,10 +163,13 @@ pub(crate) unsafe fn exp<V: Simd>(x: V) -> V {
 pub(crate) unsafe fn tanh<V: Simd>(x: V) -> V {
     // SAFETY: the function contract.
     unsafe {
-        // `max(lo, x)` / `min(hi, x)` pass a NaN `x` through, and so does every step after.
-        let xc = V::min(V::splat(TANH_CLAMP), V::max(V::splat(-TANH_CLAMP), x));
-        let y = V::mul(xc, xc);
-        let t = V::div(V::mul(xc, horner(y, &TANH_P)), horner(y, &TANH_Q));
+        // Only `x^2` is clamped (one operation where clamping `x` took two): beyond the clamp
+        // `x P(c^2) / Q(c^2)` grows with `|x|` from `tanh(c)`'s rational value, at least 1, so the
+        // result clamps to +-1 below (an infinite `x` gives +-inf there, a huge one +-inf or a
+        // large finite value: both clamp). `min(hi, y)` passes a NaN `y` through, and so does
+        // every step after.
+        let y = V::min(V::splat(TANH_CLAMP * TANH_CLAMP), V::mul(x, x));
+        let t = V::div(V::mul(x, horner(y, &TANH_P)), horner(y, &TANH_Q));
         // Rounded in f32, the rational function strays up to two ulps above 1 from |x| = 8 on;
         // clamping the result keeps |tanh| <= 1 and makes the end of the range +-1 exactly. Two
         // operations where comparing |x| with the end and selecting +-1 took five (a fifth of
