@@ -7,9 +7,9 @@
 use std::sync::Arc;
 
 use crate::error::{InputError, Result};
-use crate::fold::{Lowered, LoweredStep, lower};
+use crate::fold::{self, RowSink, lower_with};
 use crate::format::DType;
-use crate::kernels::{self, DenseKernel, EpilogueOp, KernelChoice};
+use crate::kernels::{self, DenseBuilder, DenseKernel, EpilogueOp, KernelChoice};
 use crate::model::Model;
 
 /// Which computation a plan performs.
@@ -153,7 +153,9 @@ impl Plan {
     /// Compile `model`: lower it for `options.mode` (see [`crate::fold::lower`]) and pack each
     /// dense layer's weights for the kernel path `options.kernel` resolves to, stored as
     /// `options.weights` (f32, f16 or bf16 panels, widened in registers). Each dense layer is
-    /// packed as soon as it is folded, so the f32 copy of one layer at a time is alive.
+    /// packed row by row as it is folded ([`DenseKernel::builder`]): no f32 copy of a whole layer
+    /// is made, and the file's pages of the rows already packed are let go as the layer is read,
+    /// so compiling a large network holds little more than the plan.
     ///
     /// [`Model::compile`] is the usual way to call this.
     pub fn compile(model: &Model, options: &Options) -> Result<Plan> {
@@ -164,20 +166,19 @@ impl Plan {
         // framework runs it.
         let fuse = options.mode == Mode::Folded;
         let kernel = KernelChoice::Force(options.kernel.resolve());
-        lower(model, options, &mut |s: LoweredStep| {
+        let mut begin = |inputs, outputs| {
+            DenseKernel::builder(inputs, outputs, options.kernel, options.weights)
+        };
+        lower_with(model, options, &mut begin, &mut |s: fold::Step<
+            DenseBuilder,
+        >| {
             match s.op {
-                Lowered::Dense(d) => {
-                    width = d.outputs;
+                fold::Op::Dense(d) => {
+                    let dense = d.finish();
+                    width = dense.outputs();
                     steps.push(Step {
                         op: Op::Dense {
-                            kernel: DenseKernel::with_weights(
-                                d.inputs,
-                                d.outputs,
-                                &d.weight,
-                                &d.bias,
-                                options.kernel,
-                                options.weights,
-                            ),
+                            kernel: dense,
                             epilogue: Vec::new(),
                         },
                         width,
@@ -185,7 +186,7 @@ impl Plan {
                         kernel,
                     });
                 }
-                Lowered::Elementwise(op) => {
+                fold::Op::Elementwise(op) => {
                     if let Some(Step {
                         op: Op::Dense { epilogue, .. } | Op::Elementwise(epilogue),
                         last_layer,
@@ -203,7 +204,7 @@ impl Plan {
                         });
                     }
                 }
-                Lowered::Softmax => steps.push(Step {
+                fold::Op::Softmax => steps.push(Step {
                     op: Op::Softmax,
                     width,
                     last_layer: s.last_layer,
@@ -224,6 +225,15 @@ impl Plan {
             output_features: model.output_features(),
             max_width,
             steps,
+        })
+    }
+
+    /// The dense kernels of the plan's steps, in order (for tests that compare packings).
+    #[doc(hidden)]
+    pub fn dense_kernels(&self) -> impl Iterator<Item = &DenseKernel> {
+        self.steps.iter().filter_map(|s| match &s.op {
+            Op::Dense { kernel, .. } => Some(kernel),
+            _ => None,
         })
     }
 
@@ -346,6 +356,12 @@ impl Plan {
             .into());
         }
         Ok(())
+    }
+}
+
+impl RowSink for DenseBuilder {
+    fn push_row(&mut self, weights: &[f32], bias: f32) {
+        DenseBuilder::push_row(self, weights, bias);
     }
 }
 

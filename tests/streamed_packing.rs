@@ -2,7 +2,7 @@
 //! a whole layer never exists); the values it packs must be exactly those of the route that
 //! folded a whole layer first and packed it afterwards.
 //!
-//! Two checks, on small seeded models (every stored type, odd widths, a narrow layer, composed BN
+//! Checks, on small seeded models (every stored type, odd widths, a narrow layer, composed BN
 //! and affine runs, forward and backward folds) and on the fold-overflow cases of
 //! `docs/BATCHNORM.md` ("Folding that could overflow"), for f32, f16 and bf16 weights:
 //! - `lowered_values_are_unchanged`: the lowering's values (every folded weight and bias, every
@@ -10,7 +10,8 @@
 //!   (hashes of their `Debug` text, which prints each f32 exactly; recorded on commit 6b824cd);
 //! - `streamed_plans_pack_the_same_bits_as_whole_layers`: every dense kernel of a compiled plan
 //!   holds the same packed bytes as `DenseKernel::with_weights` over the lowering's whole
-//!   `FoldedDense`, on every supported kernel path, and the plans compute the same bits.
+//!   `FoldedDense`, on every supported kernel path (and `a_kernel_built_row_by_row_packs_like_one_built_at_once`
+//!   checks the row-by-row builder alone on a spread of shapes).
 
 mod common;
 
@@ -285,6 +286,105 @@ fn lowered_values_are_unchanged() {
                 "{name} {mode} {}: every BN folded",
                 opts.weights.name()
             );
+        }
+    }
+}
+
+#[test]
+fn streamed_plans_pack_the_same_bits_as_whole_layers() {
+    use bnfold::fold::Lowered;
+    use bnfold::kernels::{DenseKernel, KernelChoice};
+    let x = bnfold::synth::input(3, 24, 2.0, 3);
+    let mut dense_layers = 0;
+    for (name, bytes) in models() {
+        let model = Model::from_bytes(&bytes).unwrap();
+        let x = &x[..3 * model.input_features()];
+        for (mode, opts) in options() {
+            for isa in bnfold::Isa::supported() {
+                let opts = opts.clone().with_kernel(KernelChoice::Force(isa));
+                let case = format!("{name} {mode} {} {isa}", opts.weights.name());
+                let (steps, plan) = match (lowered(&model, &opts), model.compile(&opts)) {
+                    (Ok(steps), Ok(plan)) => (steps, plan),
+                    (Err(a), Err(b)) => {
+                        assert_eq!(a, b.to_string(), "{case}: the same error");
+                        continue;
+                    }
+                    (a, b) => panic!("{case}: {:?} vs {:?}", a.err(), b.err()),
+                };
+                // The route before: the whole folded layer, then packed at once.
+                let whole: Vec<DenseKernel> = steps
+                    .iter()
+                    .filter_map(|s| match &s.op {
+                        Lowered::Dense(d) => Some(DenseKernel::with_weights(
+                            d.inputs,
+                            d.outputs,
+                            &d.weight,
+                            &d.bias,
+                            opts.kernel,
+                            opts.weights,
+                        )),
+                        _ => None,
+                    })
+                    .collect();
+                let streamed: Vec<&DenseKernel> = plan.dense_kernels().collect();
+                assert_eq!(streamed.len(), whole.len(), "{case}");
+                for (i, (s, w)) in streamed.iter().zip(&whole).enumerate() {
+                    assert!(
+                        s.same_packing(w),
+                        "{case}: dense layer {i} packed differently"
+                    );
+                }
+                dense_layers += whole.len();
+                // And the plan runs: outputs of the right length (its values are the
+                // kernels' and the lowering's, compared above and in `lowered_values_are_unchanged`).
+                let mut session = plan.session();
+                let y = session.run(x, 3).unwrap();
+                assert_eq!(y.len(), 3 * plan.output_features(), "{case}");
+            }
+        }
+    }
+    assert!(dense_layers > 100, "{dense_layers} layers compared");
+}
+
+/// A kernel filled row by row holds the same bytes as one packed from the whole matrix, for every
+/// stored type, supported path and a spread of shapes (narrow layers, partial panels, odd depths).
+#[test]
+fn a_kernel_built_row_by_row_packs_like_one_built_at_once() {
+    use bnfold::kernels::{DenseKernel, KernelChoice};
+    let mut rng = bnfold::synth::Rng::new(21);
+    for isa in bnfold::Isa::supported() {
+        for weights in [DType::F32, DType::F16, DType::BF16] {
+            for (k, n) in [
+                (1, 1),
+                (3, 2),
+                (7, 9),
+                (13, 16),
+                (17, 33),
+                (64, 40),
+                (5, 100),
+            ] {
+                // Values already in the stored type, as a plan's folded weights are.
+                let w: Vec<f32> = rng
+                    .uniform_vec(n * k, -2.0, 2.0)
+                    .into_iter()
+                    .map(|v| bnfold::fold::round_to(weights, f64::from(v)))
+                    .collect();
+                let b = rng.uniform_vec(n, -1.0, 1.0);
+                let choice = KernelChoice::Force(isa);
+                let whole = DenseKernel::with_weights(k, n, &w, &b, choice, weights);
+                let mut built = DenseKernel::builder(k, n, choice, weights);
+                for (row, &bias) in w.chunks_exact(k).zip(&b) {
+                    built.push_row(row, bias);
+                }
+                assert_eq!(built.rows_pushed(), n);
+                let built = built.finish();
+                assert!(
+                    built.same_packing(&whole),
+                    "{isa} {} {k}x{n}",
+                    weights.name()
+                );
+                assert_eq!(built.weight_type(), whole.weight_type());
+            }
         }
     }
 }
