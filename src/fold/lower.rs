@@ -578,3 +578,95 @@ fn lower_folded<D: RowSink>(
     }
     Ok(())
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// Resident KiB of this process's mappings of `path` (`Rss` in `/proc/self/smaps`).
+    fn mapped_rss_kib(path: &std::path::Path) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let name = path.to_str().unwrap();
+        let mut total = 0;
+        let mut inside = false;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                inside = line.ends_with(name);
+            } else if inside && let Some(kb) = line.strip_prefix("Rss:") {
+                total += kb
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap();
+            }
+        }
+        total
+    }
+
+    /// Counts rows and, every 64 rows, the file's resident pages.
+    struct Watch<'p> {
+        path: &'p std::path::Path,
+        rows: usize,
+        max_kib: u64,
+    }
+
+    impl RowSink for Watch<'_> {
+        fn push_row(&mut self, _: &[f32], _: f32) {
+            self.rows += 1;
+            if self.rows.is_multiple_of(64) {
+                self.max_kib = self.max_kib.max(mapped_rss_kib(self.path));
+            }
+        }
+    }
+
+    /// While a large dense layer is lowered into a sink, the mapped rows already read are let go
+    /// about 1 MiB at a time: the file (16 MiB of weights) is never resident as a whole, whatever
+    /// the mode and weight type.
+    #[test]
+    fn lowering_a_large_layer_lets_its_rows_go_as_it_reads_them() {
+        use crate::synth::{Layer, Stats, network};
+        let layers = [Layer::Dense(4096), Layer::Bn, Layer::Act(Activation::Relu)];
+        let bytes = network(1024, &layers, 3, DType::F32, Stats::default()).unwrap();
+        assert!(bytes.len() > 16 << 20);
+        let half_file_kib = bytes.len() as u64 / 2 / 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wide.bnw");
+        std::fs::write(&path, &bytes).unwrap();
+        let model = Model::load(&path).unwrap();
+        // Loading let its chunks go too.
+        assert!(mapped_rss_kib(&path) <= half_file_kib);
+        for opts in [
+            Options::folded(),
+            Options::folded().with_weights(DType::BF16),
+            Options::unfolded().with_weights(DType::F16),
+        ] {
+            let mut watches = Vec::new();
+            let mut begin = |_, _| Watch {
+                path: &path,
+                rows: 0,
+                max_kib: 0,
+            };
+            lower_with(&model, &opts, &mut begin, &mut |s| {
+                if let Op::Dense(w) = s.op {
+                    watches.push((w.rows, w.max_kib));
+                }
+                Ok(())
+            })
+            .unwrap();
+            let [(rows, max_kib)] = watches[..] else {
+                panic!("one dense step: {watches:?}");
+            };
+            assert_eq!(rows, 4096);
+            // A chunk of rows, the pages the kernel maps around each fault (on Linux 6.18, ext4,
+            // whole large page-cache folios), the header and the small tensors: 4180 KiB
+            // measured. Without the release every row read stays resident (8236 KiB measured
+            // at the end of an 8 MiB layer).
+            assert!(
+                max_kib <= half_file_kib,
+                "{max_kib} KiB of the file resident"
+            );
+        }
+    }
+}
