@@ -163,6 +163,17 @@ impl TensorData<'_> {
         }
     }
 
+    /// Elements `start .. start + out.len()` widened to f32 into `out` (exact for every dtype).
+    /// Panics if the range is outside the tensor.
+    pub fn read_f32(&self, start: usize, out: &mut [f32]) {
+        let r = start..start + out.len();
+        match self {
+            TensorData::F32(v) => out.copy_from_slice(&v[r]),
+            TensorData::F16(v) => out.iter_mut().zip(&v[r]).for_each(|(o, x)| *o = x.to_f32()),
+            TensorData::BF16(v) => out.iter_mut().zip(&v[r]).for_each(|(o, x)| *o = x.to_f32()),
+        }
+    }
+
     /// All elements widened to f64.
     pub fn to_f64_vec(&self) -> Vec<f64> {
         (0..self.len()).map(|i| self.get_f64(i)).collect()
@@ -482,6 +493,26 @@ impl Model {
             // Inside the file: the reader proved every tensor so.
             self.storage
                 .release(t.file_offset..t.file_offset + t.byte_len);
+        }
+    }
+
+    /// Drop this process's resident pages of the mapped file that hold rows `rows` of dense layer
+    /// `index`'s weights, once the lowering has read them (as [`Model::release_layer_pages`], for
+    /// part of one tensor: the lowering streams a layer's rows into the plan and lets them go a
+    /// chunk at a time). A no-op for other layers, for models read into memory, and on non-Unix
+    /// hosts.
+    pub(crate) fn release_dense_rows(&self, index: usize, rows: std::ops::Range<usize>) {
+        if let LayerKind::Dense { inputs, weight, .. } = self.parsed.layers[index].kind {
+            let t = &self.parsed.tensors[weight];
+            // Validation checked the shape, `[outputs, inputs]`; capped at the tensor anyway.
+            let row = inputs * t.dtype.size();
+            let start = rows.start.saturating_mul(row).min(t.byte_len);
+            let end = rows.end.saturating_mul(row).min(t.byte_len);
+            if start < end {
+                // Inside the file: a sub-range of a tensor the reader proved in bounds.
+                self.storage
+                    .release(t.file_offset + start..t.file_offset + end);
+            }
         }
     }
 

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::error::{InputError, Result};
-use crate::fold::{Lowered, LoweredStep, lower};
+use crate::fold::{self, RowSink, lower_with};
 use crate::format::DType;
-use crate::kernels::{self, Caches, DenseKernel, EpilogueOp, KernelChoice};
+use crate::kernels::{self, Caches, DenseBuilder, DenseKernel, EpilogueOp, KernelChoice};
 use crate::model::Model;
 
 /// Which computation a plan performs.
@@ -160,7 +160,9 @@ impl Plan {
     /// Compile `model`: lower it for `options.mode` (see [`crate::fold::lower`]) and pack each
     /// dense layer's weights for the kernel path `options.kernel` resolves to, stored as
     /// `options.weights` (f32, f16 or bf16 panels, widened in registers). Each dense layer is
-    /// packed as soon as it is folded, so the f32 copy of one layer at a time is alive.
+    /// packed row by row as it is folded ([`DenseKernel::builder`]): no f32 copy of a whole layer
+    /// is made, and the file's pages of the rows already packed are let go as the layer is read,
+    /// so compiling a large network holds little more than the plan.
     ///
     /// [`Model::compile`] is the usual way to call this.
     pub fn compile(model: &Model, options: &Options) -> Result<Plan> {
@@ -171,20 +173,19 @@ impl Plan {
         // framework runs it.
         let fuse = options.mode == Mode::Folded;
         let kernel = KernelChoice::Force(options.kernel.resolve());
-        lower(model, options, &mut |s: LoweredStep| {
+        let mut begin = |inputs, outputs| {
+            DenseKernel::builder(inputs, outputs, options.kernel, options.weights)
+        };
+        lower_with(model, options, &mut begin, &mut |s: fold::Step<
+            DenseBuilder,
+        >| {
             match s.op {
-                Lowered::Dense(d) => {
-                    width = d.outputs;
+                fold::Op::Dense(d) => {
+                    let dense = d.finish();
+                    width = dense.outputs();
                     steps.push(Step {
                         op: Op::Dense {
-                            kernel: DenseKernel::with_weights(
-                                d.inputs,
-                                d.outputs,
-                                &d.weight,
-                                &d.bias,
-                                options.kernel,
-                                options.weights,
-                            ),
+                            kernel: dense,
                             epilogue: Vec::new(),
                         },
                         width,
@@ -192,7 +193,7 @@ impl Plan {
                         kernel,
                     });
                 }
-                Lowered::Elementwise(op) => {
+                fold::Op::Elementwise(op) => {
                     if let Some(Step {
                         op: Op::Dense { epilogue, .. } | Op::Elementwise(epilogue),
                         last_layer,
@@ -210,7 +211,7 @@ impl Plan {
                         });
                     }
                 }
-                Lowered::Softmax => steps.push(Step {
+                fold::Op::Softmax => steps.push(Step {
                     op: Op::Softmax,
                     width,
                     last_layer: s.last_layer,
@@ -225,23 +226,21 @@ impl Plan {
             .chain([model.input_features()])
             .max()
             .unwrap_or(1);
-        let dense = || {
-            steps.iter().filter_map(|s| match &s.op {
-                Op::Dense { kernel, .. } => Some(kernel),
-                _ => None,
-            })
-        };
-        let macs_per_row = dense().map(|k| k.macs(1)).fold(0, usize::saturating_add);
-        let weight_bytes = dense().map(|k| k.weight_bytes()).sum::<usize>();
-        Ok(Plan {
+        let mut plan = Plan {
             mode: options.mode,
             input_features: model.input_features(),
             output_features: model.output_features(),
             max_width,
             steps,
-            macs_per_row,
-            split_rows: weight_bytes <= Caches::detect().l2 / 2,
-        })
+            macs_per_row: 0,
+            split_rows: false,
+        };
+        plan.macs_per_row = plan
+            .dense_kernels()
+            .map(|k| k.macs(1))
+            .fold(0, usize::saturating_add);
+        plan.split_rows = plan.weight_bytes() <= Caches::detect().l2 / 2;
+        Ok(plan)
     }
 
     /// Rows per part when a call on `batch` rows runs as parts of its rows, each part through
@@ -268,6 +267,15 @@ impl Plan {
         let threads = kernels::threads_for(self.macs_per_row.saturating_mul(batch));
         let rows = batch.div_ceil(threads).div_ceil(8) * 8;
         (threads > 1 && rows < batch).then_some(rows)
+    }
+
+    /// The dense kernels of the plan's steps, in order (for tests that compare packings).
+    #[doc(hidden)]
+    pub fn dense_kernels(&self) -> impl Iterator<Item = &DenseKernel> {
+        self.steps.iter().filter_map(|s| match &s.op {
+            Op::Dense { kernel, .. } => Some(kernel),
+            _ => None,
+        })
     }
 
     /// Folded or unfolded.
@@ -389,6 +397,12 @@ impl Plan {
             .into());
         }
         Ok(())
+    }
+}
+
+impl RowSink for DenseBuilder {
+    fn push_row(&mut self, weights: &[f32], bias: f32) {
+        DenseBuilder::push_row(self, weights, bias);
     }
 }
 

@@ -51,10 +51,10 @@
 
 use super::{Affine, FoldedDense, fold_dense_rows};
 use crate::activation::Activation;
-use crate::error::Result;
-use crate::format::DType;
+use crate::error::{LayerError, Result};
+use crate::format::{CHECKSUM_CHUNK, DType};
 use crate::kernels::EpilogueOp;
-use crate::model::{LayerView, Model};
+use crate::model::{DenseView, LayerView, Model};
 use crate::plan::{Mode, Options};
 
 /// What one lowered step computes.
@@ -80,6 +80,38 @@ pub struct LoweredStep {
     pub last_layer: usize,
 }
 
+/// What the lowering fills a dense layer's rows into, one output at a time and in order: a
+/// [`FoldedDense`] for [`lower`], the packed kernel itself for the plan's compile (so that the f32
+/// copy of a whole layer never exists there).
+pub(crate) trait RowSink {
+    /// Append the next output's weights (already rounded to the plan's weight type) and bias.
+    fn push_row(&mut self, weights: &[f32], bias: f32);
+}
+
+impl RowSink for FoldedDense {
+    fn push_row(&mut self, weights: &[f32], bias: f32) {
+        FoldedDense::push_row(self, weights, bias);
+    }
+}
+
+/// [`Lowered`] with its dense layer as a `D` (a [`RowSink`] the lowering has filled).
+pub(crate) enum Op<D> {
+    /// A dense layer: every row pushed.
+    Dense(D),
+    /// As [`Lowered::Elementwise`].
+    Elementwise(EpilogueOp),
+    /// Row-wise softmax.
+    Softmax,
+}
+
+/// [`LoweredStep`] with its dense layer as a `D`.
+pub(crate) struct Step<D> {
+    /// What the step computes.
+    pub(crate) op: Op<D>,
+    /// Index of the last model layer it covers.
+    pub(crate) last_layer: usize,
+}
+
 /// The model-input bound of the fold-overflow rule (module docs, "Folds that could overflow the
 /// accumulation"): a dense layer folds its BN neighbours only if its folded accumulation cannot
 /// overflow f32 for any model input with every `|x| <= INPUT_BOUND`, propagated through the plan.
@@ -100,30 +132,19 @@ const ELEMENTWISE_SLACK: f64 = 1.0 + 1.0 / 1024.0;
 struct Bounds(Vec<f64>);
 
 impl Bounds {
-    /// The bound of a dense layer's output `o` when its inputs are within `input`: `rho(n)` times
-    /// the row's absolute mass, `sum_i |W[o, i]| B_i + |b[o]|`, uncapped. Every product and partial
-    /// sum of the f32 accumulation (fused or not, in any order) is at most this: each of the at
-    /// most `n + 2` roundings (products, sums, the bias) grows it by at most `1 + 2^-24`, and
-    /// `rho(n) = exp((n + 2) 2^-23)` covers that and the f64 evaluation of the mass.
-    fn dense_rows(d: &FoldedDense, input: &[f64]) -> Vec<f64> {
-        let n = d.inputs;
-        // Row `o` is `weight[o * n .. (o + 1) * n]`: a `FoldedDense` holds `outputs * inputs`
-        // weights, `[outputs, inputs]` row-major (both `fold_dense_rows` and `unfolded_op` make
-        // it so).
-        d.bias
-            .iter()
-            .enumerate()
-            .map(|(o, &b)| Self::dense_row(&d.weight[o * n..][..n], b, input))
-            .collect()
-    }
-
-    /// [`Bounds::dense_rows`] of one row: its weights and bias.
+    /// The bound of a dense layer's output when its inputs are within `input`, from the output's
+    /// row of weights `W[o, ..]` and its bias `b[o]`: `rho(n)` times the row's absolute mass,
+    /// `sum_i |W[o, i]| B_i + |b[o]|`, uncapped. Every product and partial sum of the f32
+    /// accumulation (fused or not, in any order) is at most this: each of the at most `n + 2`
+    /// roundings (products, sums, the bias) grows it by at most `1 + 2^-24`, and
+    /// `rho(n) = exp((n + 2) 2^-23)` covers that and the f64 evaluation of the mass. A dense
+    /// step's bounds are these, one per output, taken as its rows are made.
     fn dense_row(row: &[f32], bias: f32, input: &[f64]) -> f64 {
         let rho = ((row.len() as f64 + 2.0) * f64::powi(2.0, -23)).exp();
         rho * (abs_dot(row, input) + f64::from(bias).abs())
     }
 
-    /// Whether the dense layer with these output bounds ([`Bounds::dense_rows`]) cannot overflow.
+    /// Whether the dense layer with these output bounds ([`Bounds::dense_row`]) cannot overflow.
     fn fits(rows: &[f64]) -> bool {
         rows.iter().all(|&b| b <= f64::from(f32::MAX))
     }
@@ -141,31 +162,45 @@ impl Bounds {
         self.0.iter_mut().for_each(|b| *b = b.min(max));
     }
 
-    /// Update the bounds for `op`, then hand it to `emit` as a step covering up to `last_layer`.
-    fn emit(
+    /// Update the bounds for `op` (not a dense layer: see [`Bounds::emit_dense`]), then hand it
+    /// to `emit` as a step covering up to `last_layer`.
+    fn emit<D>(
         &mut self,
-        emit: &mut dyn FnMut(LoweredStep) -> Result<()>,
-        op: Lowered,
+        emit: &mut dyn FnMut(Step<D>) -> Result<()>,
+        op: Op<D>,
         last_layer: usize,
     ) -> Result<()> {
         self.update(&op);
-        emit(LoweredStep { op, last_layer })
+        emit(Step { op, last_layer })
+    }
+
+    /// Take a dense step's output bounds `rows` (one per output, [`Bounds::dense_row`]), then
+    /// hand the step to `emit`.
+    fn emit_dense<D>(
+        &mut self,
+        emit: &mut dyn FnMut(Step<D>) -> Result<()>,
+        dense: D,
+        rows: Vec<f64>,
+        last_layer: usize,
+    ) -> Result<()> {
+        self.set(rows);
+        emit(Step {
+            op: Op::Dense(dense),
+            last_layer,
+        })
     }
 
     /// The bounds after the folded plan runs `op`.
-    fn update(&mut self, op: &Lowered) {
+    fn update<D>(&mut self, op: &Op<D>) {
         let per_feature = |b: &mut Vec<f64>, f: &dyn Fn(usize, f64) -> f64| {
             b.iter_mut()
                 .enumerate()
                 .for_each(|(j, v)| *v = f(j, *v) * ELEMENTWISE_SLACK);
         };
         match op {
-            Lowered::Dense(d) => {
-                let rows = Self::dense_rows(d, &self.0);
-                self.0 = rows;
-            }
-            Lowered::Softmax => self.0.iter_mut().for_each(|b| *b = ELEMENTWISE_SLACK),
-            Lowered::Elementwise(EpilogueOp::Act(a)) => match a {
+            Op::Dense(_) => unreachable!("dense steps take their rows' bounds (`emit_dense`)"),
+            Op::Softmax => self.0.iter_mut().for_each(|b| *b = ELEMENTWISE_SLACK),
+            Op::Elementwise(EpilogueOp::Act(a)) => match a {
                 // Exact, and no larger than the input.
                 Activation::Identity | Activation::Relu => {}
                 Activation::LeakyRelu { alpha } => {
@@ -180,12 +215,12 @@ impl Bounds {
                     per_feature(&mut self.0, &|_, b| b + 1.0);
                 }
             },
-            Lowered::Elementwise(EpilogueOp::Affine { scale, shift }) => {
+            Op::Elementwise(EpilogueOp::Affine { scale, shift }) => {
                 per_feature(&mut self.0, &|j, b| {
                     f64::from(scale[j]).abs() * b + f64::from(shift[j]).abs()
                 });
             }
-            Lowered::Elementwise(EpilogueOp::BatchNorm {
+            Op::Elementwise(EpilogueOp::BatchNorm {
                 gamma,
                 beta,
                 mean,
@@ -203,7 +238,7 @@ impl Bounds {
 }
 
 /// `sum_i |w_i| x_i` in f64 for bounds `x_i >= 0`, in eight independent sums so that it
-/// vectorises. Any summation order is within the rounding slack of [`Bounds::dense_rows`].
+/// vectorises. Any summation order is within the rounding slack of [`Bounds::dense_row`].
 fn abs_dot(w: &[f32], x: &[f64]) -> f64 {
     debug_assert_eq!(w.len(), x.len(), "a bound per input");
     let mut acc = [0f64; 8];
@@ -241,57 +276,95 @@ pub fn lower(
     options: &Options,
     emit: &mut dyn FnMut(LoweredStep) -> Result<()>,
 ) -> Result<()> {
+    lower_with(model, options, &mut FoldedDense::empty, &mut |s| {
+        let op = match s.op {
+            Op::Dense(d) => Lowered::Dense(d),
+            Op::Elementwise(op) => Lowered::Elementwise(op),
+            Op::Softmax => Lowered::Softmax,
+        };
+        emit(LoweredStep {
+            op,
+            last_layer: s.last_layer,
+        })
+    })
+}
+
+/// [`lower`], with each dense layer's rows pushed, one output at a time, into a `D` that
+/// `begin(inputs, outputs)` makes: the same values in the same order as the [`FoldedDense`] that
+/// [`lower`] hands out, without that copy (the plan's compile packs each row as it comes). A `D`
+/// the fold-overflow rule discards (module docs) is dropped before the layer is lowered again
+/// unfolded into a new one.
+///
+/// The mapped pages of a dense layer's weights are released (`Model::release_dense_rows`) about a
+/// megabyte of rows at a time as they are read, so compiling a large layer holds little of the
+/// file resident.
+pub(crate) fn lower_with<D: RowSink>(
+    model: &Model,
+    options: &Options,
+    begin: &mut dyn FnMut(usize, usize) -> D,
+    emit: &mut dyn FnMut(Step<D>) -> Result<()>,
+) -> Result<()> {
     match options.mode {
-        Mode::Folded => lower_folded(model, options.weights, emit),
-        Mode::Unfolded => lower_unfolded(model, options.weights, emit),
+        Mode::Folded => lower_folded(model, options.weights, begin, emit),
+        Mode::Unfolded => lower_unfolded(model, options.weights, begin, emit),
     }
 }
 
-fn lower_unfolded(
+fn lower_unfolded<D: RowSink>(
     model: &Model,
     weights: DType,
-    emit: &mut dyn FnMut(LoweredStep) -> Result<()>,
+    begin: &mut dyn FnMut(usize, usize) -> D,
+    emit: &mut dyn FnMut(Step<D>) -> Result<()>,
 ) -> Result<()> {
     for index in 0..model.layers().len() {
-        emit(LoweredStep {
-            op: unfolded_op(model, index, weights)?,
+        emit(Step {
+            op: unfolded_op(model, index, weights, begin)?,
             last_layer: index,
         })?;
     }
     Ok(())
 }
 
-/// Layer `index` as the unfolded path computes it, dense weights rounded to `weights`.
-fn unfolded_op(model: &Model, index: usize, weights: DType) -> Result<Lowered> {
-    Ok(match model.layer_view(index)? {
-        LayerView::Dense(d) => {
-            let mut weight = d.weight.to_f32_vec();
-            if weights != DType::F32 {
-                for (i, w) in weight.iter_mut().enumerate() {
-                    *w = super::round_to(weights, f64::from(*w));
-                    if !w.is_finite() {
-                        return Err(model.layer_err(
-                            index,
-                            crate::error::LayerError::WeightOutOfRange {
-                                feature: i / d.inputs.max(1),
-                                dtype: weights.name(),
-                            },
-                        ));
-                    }
-                }
-            }
-            let dense = FoldedDense {
-                inputs: d.inputs,
-                outputs: d.outputs,
-                weight,
-                bias: match d.bias {
-                    Some(b) => b.to_f32_vec(),
-                    None => vec![0.0; d.outputs],
-                },
-            };
-            model.release_layer_pages(index);
-            Lowered::Dense(dense)
+/// Lets a dense layer's mapped weight rows go, about [`CHECKSUM_CHUNK`] bytes (1 MiB, counted in
+/// f32) at a time, once the lowering has read them (`docs/SAFETY.md` S-5).
+struct RowPages<'m> {
+    model: &'m Model,
+    index: usize,
+    /// Rows per release.
+    chunk: usize,
+    /// Rows released so far.
+    released: usize,
+}
+
+impl<'m> RowPages<'m> {
+    fn new(model: &'m Model, index: usize, dense: &DenseView) -> Self {
+        RowPages {
+            model,
+            index,
+            chunk: (CHECKSUM_CHUNK / dense.inputs.saturating_mul(4).max(1)).max(1),
+            released: 0,
         }
+    }
+
+    /// Row `o` has been read (rows are read in order).
+    fn read(&mut self, o: usize) {
+        if o + 1 - self.released >= self.chunk {
+            self.model
+                .release_dense_rows(self.index, self.released..o + 1);
+            self.released = o + 1;
+        }
+    }
+}
+
+/// Layer `index` as the unfolded path computes it, dense weights rounded to `weights`.
+fn unfolded_op<D: RowSink>(
+    model: &Model,
+    index: usize,
+    weights: DType,
+    begin: &mut dyn FnMut(usize, usize) -> D,
+) -> Result<Op<D>> {
+    Ok(match model.layer_view(index)? {
+        LayerView::Dense(d) => Op::Dense(unfolded_dense(model, index, &d, weights, begin, None)?.0),
         LayerView::BatchNorm(bn) => {
             let n = bn.features;
             // Exactly as frameworks compute it: stored values widened to f32, eps added in f32,
@@ -302,7 +375,7 @@ fn unfolded_op(model: &Model, index: usize, weights: DType) -> Result<Lowered> {
                 .iter()
                 .map(|&v| (v + bn.eps as f32).sqrt())
                 .collect();
-            Lowered::Elementwise(EpilogueOp::BatchNorm {
+            Op::Elementwise(EpilogueOp::BatchNorm {
                 gamma: bn.gamma.map_or_else(|| vec![1.0; n], |g| g.to_f32_vec()),
                 beta: bn.beta.map_or_else(|| vec![0.0; n], |b| b.to_f32_vec()),
                 mean: bn.moving_mean.to_f32_vec(),
@@ -311,20 +384,64 @@ fn unfolded_op(model: &Model, index: usize, weights: DType) -> Result<Lowered> {
         }
         LayerView::Affine(af) => {
             let n = af.features;
-            Lowered::Elementwise(EpilogueOp::Affine {
+            Op::Elementwise(EpilogueOp::Affine {
                 scale: af.scale.map_or_else(|| vec![1.0; n], |s| s.to_f32_vec()),
                 shift: af.shift.map_or_else(|| vec![0.0; n], |t| t.to_f32_vec()),
             })
         }
-        LayerView::Activation(Activation::Softmax) => Lowered::Softmax,
-        LayerView::Activation(a) => Lowered::Elementwise(EpilogueOp::Act(a)),
+        LayerView::Activation(Activation::Softmax) => Op::Softmax,
+        LayerView::Activation(a) => Op::Elementwise(EpilogueOp::Act(a)),
     })
 }
 
-fn lower_folded(
+/// Dense layer `index` (`d`) as the unfolded path computes it, its weights as stored, rounded to
+/// `weights`, pushed row by row into a new `D`; with `input` (the bounds of its inputs), also the
+/// bound of each output ([`Bounds::dense_row`]).
+fn unfolded_dense<D: RowSink>(
+    model: &Model,
+    index: usize,
+    d: &DenseView,
+    weights: DType,
+    begin: &mut dyn FnMut(usize, usize) -> D,
+    input: Option<&[f64]>,
+) -> Result<(D, Vec<f64>)> {
+    let mut dense = begin(d.inputs, d.outputs);
+    let mut rows = Vec::with_capacity(if input.is_some() { d.outputs } else { 0 });
+    let mut pages = RowPages::new(model, index, d);
+    let mut row = vec![0f32; d.inputs];
+    for o in 0..d.outputs {
+        d.weight.read_f32(o * d.inputs, &mut row);
+        if weights != DType::F32 {
+            for w in row.iter_mut() {
+                *w = super::round_to(weights, f64::from(*w));
+                if !w.is_finite() {
+                    return Err(model.layer_err(
+                        index,
+                        LayerError::WeightOutOfRange {
+                            feature: o,
+                            dtype: weights.name(),
+                        },
+                    ));
+                }
+            }
+        }
+        // Exact: the stored bias widened to f64 and back.
+        let bias = d.bias_f64(o) as f32;
+        if let Some(input) = input {
+            rows.push(Bounds::dense_row(&row, bias, input));
+        }
+        dense.push_row(&row, bias);
+        pages.read(o);
+    }
+    model.release_layer_pages(index);
+    Ok((dense, rows))
+}
+
+fn lower_folded<D: RowSink>(
     model: &Model,
     weights: DType,
-    emit: &mut dyn FnMut(LoweredStep) -> Result<()>,
+    begin: &mut dyn FnMut(usize, usize) -> D,
+    emit: &mut dyn FnMut(Step<D>) -> Result<()>,
 ) -> Result<()> {
     // 1. Tokens, with runs of consecutive BN layers composed into one affine map.
     let mut tokens: Vec<Token> = Vec::with_capacity(model.layers().len());
@@ -375,36 +492,52 @@ fn lower_folded(
                 let LayerView::Dense(dense) = model.layer_view(*index)? else {
                     unreachable!("Token::Dense is only made for dense layers");
                 };
-                // Each row's bound is taken while the fold has the row in cache.
+                // Each row goes to the sink as it is folded, its bound taken while it is in
+                // cache, its mapped weights let go a chunk of rows at a time.
                 let mut rows = Vec::with_capacity(dense.outputs);
-                let folded = fold_dense_rows(
+                let mut folded = begin(dense.inputs, dense.outputs);
+                let mut pages = RowPages::new(model, *index, &dense);
+                fold_dense_rows(
                     &dense,
                     pre.as_ref().map(|p| p.0),
                     post.as_ref().map(|p| p.0),
                     weights,
-                    &mut |row, bias| rows.push(Bounds::dense_row(row, bias, &bounds.0)),
+                    &mut |o, row, bias| {
+                        rows.push(Bounds::dense_row(row, bias, &bounds.0));
+                        folded.push_row(row, bias);
+                        pages.read(o);
+                    },
                 )
                 .map_err(|e| model.layer_err(*index, e))?;
                 if (pre.is_some() || post.is_some()) && !Bounds::fits(&rows) {
                     // The folded accumulation could overflow where the unfolded path's does
                     // not: lower the BN run before (if any), the layer and the BN run after
                     // exactly as the unfolded path does. The BN steps fuse into the dense
-                    // layer's epilogue (the same operations in the same order).
+                    // layer's epilogue (the same operations in the same order). The folded
+                    // rows go first (the weights come back from the page cache).
                     drop(folded);
                     let pre_layers = pre.map(|p| p.1).into_iter().flatten();
                     let post_layers = post.as_ref().map(|p| p.1.clone()).into_iter().flatten();
                     for layer in pre_layers.chain([*index]).chain(post_layers) {
-                        bounds.emit(emit, unfolded_op(model, layer, weights)?, layer)?;
+                        if layer == *index {
+                            let (d, rows) = unfolded_dense(
+                                model,
+                                layer,
+                                &dense,
+                                weights,
+                                begin,
+                                Some(&bounds.0),
+                            )?;
+                            bounds.emit_dense(emit, d, rows, layer)?;
+                        } else {
+                            bounds.emit(emit, unfolded_op(model, layer, weights, begin)?, layer)?;
+                        }
                     }
                 } else {
-                    // The folded copy is all the plan needs: let the OS drop the mapped weights.
+                    // The plan has the rows: let the OS drop the rest of the mapped layer.
                     model.release_layer_pages(*index);
-                    bounds.set(rows);
                     let last = post.as_ref().map_or(*index, |p| *p.1.end());
-                    emit(LoweredStep {
-                        op: Lowered::Dense(folded),
-                        last_layer: last,
-                    })?;
+                    bounds.emit_dense(emit, folded, rows, last)?;
                 }
                 i += if post.is_some() { 2 } else { 1 };
             }
@@ -416,7 +549,7 @@ fn lower_folded(
                     if scale.iter().chain(&shift).all(|v| v.is_finite()) {
                         bounds.emit(
                             emit,
-                            Lowered::Elementwise(EpilogueOp::Affine { scale, shift }),
+                            Op::Elementwise(EpilogueOp::Affine { scale, shift }),
                             *last,
                         )?;
                     } else {
@@ -426,7 +559,8 @@ fn lower_folded(
                         // stays finite. Keep that form, layer by layer: exactly the unfolded
                         // computation, so finite wherever the unfolded path is.
                         for index in *first..=*last {
-                            bounds.emit(emit, unfolded_op(model, index, weights)?, index)?;
+                            // BN and affine layers only: never a dense step.
+                            bounds.emit(emit, unfolded_op(model, index, weights, begin)?, index)?;
                         }
                     }
                 }
@@ -434,8 +568,8 @@ fn lower_folded(
             }
             Token::Act(a, index) => {
                 let op = match a {
-                    Activation::Softmax => Lowered::Softmax,
-                    a => Lowered::Elementwise(EpilogueOp::Act(*a)),
+                    Activation::Softmax => Op::Softmax,
+                    a => Op::Elementwise(EpilogueOp::Act(*a)),
                 };
                 bounds.emit(emit, op, *index)?;
                 i += 1;
@@ -443,4 +577,96 @@ fn lower_folded(
         }
     }
     Ok(())
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// Resident KiB of this process's mappings of `path` (`Rss` in `/proc/self/smaps`).
+    fn mapped_rss_kib(path: &std::path::Path) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let name = path.to_str().unwrap();
+        let mut total = 0;
+        let mut inside = false;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                inside = line.ends_with(name);
+            } else if inside && let Some(kb) = line.strip_prefix("Rss:") {
+                total += kb
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap();
+            }
+        }
+        total
+    }
+
+    /// Counts rows and, every 64 rows, the file's resident pages.
+    struct Watch<'p> {
+        path: &'p std::path::Path,
+        rows: usize,
+        max_kib: u64,
+    }
+
+    impl RowSink for Watch<'_> {
+        fn push_row(&mut self, _: &[f32], _: f32) {
+            self.rows += 1;
+            if self.rows.is_multiple_of(64) {
+                self.max_kib = self.max_kib.max(mapped_rss_kib(self.path));
+            }
+        }
+    }
+
+    /// While a large dense layer is lowered into a sink, the mapped rows already read are let go
+    /// about 1 MiB at a time: the file (16 MiB of weights) is never resident as a whole, whatever
+    /// the mode and weight type.
+    #[test]
+    fn lowering_a_large_layer_lets_its_rows_go_as_it_reads_them() {
+        use crate::synth::{Layer, Stats, network};
+        let layers = [Layer::Dense(4096), Layer::Bn, Layer::Act(Activation::Relu)];
+        let bytes = network(1024, &layers, 3, DType::F32, Stats::default()).unwrap();
+        assert!(bytes.len() > 16 << 20);
+        let half_file_kib = bytes.len() as u64 / 2 / 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wide.bnw");
+        std::fs::write(&path, &bytes).unwrap();
+        let model = Model::load(&path).unwrap();
+        // Loading let its chunks go too.
+        assert!(mapped_rss_kib(&path) <= half_file_kib);
+        for opts in [
+            Options::folded(),
+            Options::folded().with_weights(DType::BF16),
+            Options::unfolded().with_weights(DType::F16),
+        ] {
+            let mut watches = Vec::new();
+            let mut begin = |_, _| Watch {
+                path: &path,
+                rows: 0,
+                max_kib: 0,
+            };
+            lower_with(&model, &opts, &mut begin, &mut |s| {
+                if let Op::Dense(w) = s.op {
+                    watches.push((w.rows, w.max_kib));
+                }
+                Ok(())
+            })
+            .unwrap();
+            let [(rows, max_kib)] = watches[..] else {
+                panic!("one dense step: {watches:?}");
+            };
+            assert_eq!(rows, 4096);
+            // A chunk of rows, the pages the kernel maps around each fault (on Linux 6.18, ext4,
+            // whole large page-cache folios), the header and the small tensors: 4180 KiB
+            // measured. Without the release every row read stays resident (8236 KiB measured
+            // at the end of an 8 MiB layer).
+            assert!(
+                max_kib <= half_file_kib,
+                "{max_kib} KiB of the file resident"
+            );
+        }
+    }
 }

@@ -124,23 +124,48 @@ pub fn fold_dense_to(
     post: Option<&Affine>,
     weights: DType,
 ) -> Result<FoldedDense, LayerError> {
-    fold_dense_rows(dense, pre, post, weights, &mut |_, _| {})
+    let mut folded = FoldedDense::empty(dense.inputs, dense.outputs);
+    fold_dense_rows(dense, pre, post, weights, &mut |_, row, bias| {
+        folded.push_row(row, bias);
+    })?;
+    Ok(folded)
 }
 
-/// [`fold_dense_to`], handing each folded row (its weights and bias, as stored in the result) to
-/// `each_row` while it is still in cache (`lower` bounds the row's sums there).
+impl FoldedDense {
+    /// No rows yet, room for `outputs` rows of `inputs` weights.
+    pub(crate) fn empty(inputs: usize, outputs: usize) -> FoldedDense {
+        FoldedDense {
+            inputs,
+            outputs,
+            weight: Vec::with_capacity(inputs.saturating_mul(outputs)),
+            bias: Vec::with_capacity(outputs),
+        }
+    }
+
+    /// Append the next output's weights and bias.
+    pub(crate) fn push_row(&mut self, row: &[f32], bias: f32) {
+        debug_assert_eq!(row.len(), self.inputs, "row length");
+        self.weight.extend_from_slice(row);
+        self.bias.push(bias);
+    }
+}
+
+/// [`fold_dense_to`] one output row at a time: hands each folded row (its weights, rounded to
+/// `weights`, and its bias, exactly as [`fold_dense_to`] stores them) to `each_row` with its
+/// index, in order, and keeps none of them. A caller can pack each row as it comes (the plan's
+/// compile does), so that the f32 copy of a whole layer never exists, and bound its sums while it
+/// is in cache (`lower` does). On an error, the rows before the failing one have been handed out.
 pub(crate) fn fold_dense_rows(
     dense: &DenseView,
     pre: Option<&Affine>,
     post: Option<&Affine>,
     weights: DType,
-    each_row: &mut dyn FnMut(&[f32], f32),
-) -> Result<FoldedDense, LayerError> {
-    let (inputs, outputs) = (dense.inputs, dense.outputs);
-    let mut weight = Vec::with_capacity(outputs * inputs);
-    let mut bias = Vec::with_capacity(outputs);
+    each_row: &mut dyn FnMut(usize, &[f32], f32),
+) -> Result<(), LayerError> {
+    let inputs = dense.inputs;
     let mut row = vec![0f64; inputs];
-    for o in 0..outputs {
+    let mut out = vec![0f32; inputs];
+    for o in 0..dense.outputs {
         let mut acc = dense.bias_f64(o);
         dense.weight.read_f64(o * inputs, &mut row);
         if let Some(pre) = pre {
@@ -154,26 +179,21 @@ pub(crate) fn fold_dense_rows(
             row.iter_mut().for_each(|r| *r *= s);
             acc = acc * s + post.shift[o];
         }
-        let start = weight.len();
-        weight.extend(row.iter().map(|&v| round_to(weights, v)));
-        bias.push(acc as f32);
+        out.iter_mut()
+            .zip(&row)
+            .for_each(|(w, &v)| *w = round_to(weights, v));
         if !(acc as f32).is_finite() || row.iter().any(|&v| !(v as f32).is_finite()) {
             return Err(LayerError::FoldOverflow { feature: o });
         }
-        if weight[start..].iter().any(|v| !v.is_finite()) {
+        if out.iter().any(|v| !v.is_finite()) {
             return Err(LayerError::WeightOutOfRange {
                 feature: o,
                 dtype: weights.name(),
             });
         }
-        each_row(&weight[start..], acc as f32);
+        each_row(o, &out, acc as f32);
     }
-    Ok(FoldedDense {
-        inputs,
-        outputs,
-        weight,
-        bias,
-    })
+    Ok(())
 }
 
 /// `v` rounded to the nearest number of `dtype` (ties to even), as an f32 (which holds every f16
@@ -212,3 +232,4 @@ fn to_f32_odd(v: f64) -> f32 {
 mod lower;
 
 pub use lower::{INPUT_BOUND, Lowered, LoweredStep, lower};
+pub(crate) use lower::{Op, RowSink, Step, lower_with};

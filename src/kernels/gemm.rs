@@ -147,14 +147,9 @@ impl<W: WeightElem> Packed<W> {
     /// Pack `w` (`[n, k]` row-major) and `bias` (`n`) for vectors of `lanes` f32, the weights
     /// converted to `W` ([`WeightElem::from_f32`]: exact for weights already rounded to `W`).
     pub(crate) fn new(w: &[f32], bias: &[f32], n: usize, k: usize, lanes: usize) -> Packed<W> {
-        let panels = n.div_ceil(lanes);
-        let line = line_of::<W>();
-        let stride = (k * lanes).div_ceil(line) * line + line;
-        let len = panels * stride;
-        // One spare line so that the panels can start on a 64-byte boundary.
-        let mut data = Store::<W>::zeroed(len + line);
-        let offset = data.as_slice().as_ptr().align_offset(64).min(line);
-        let out = &mut data.as_mut_slice()[offset..offset + len];
+        let mut packed = Packed::zeroed(n, k, lanes);
+        let (panels, stride, len) = (packed.panels, packed.stride, packed.panels * packed.stride);
+        let out = &mut packed.data.as_mut_slice()[packed.offset..packed.offset + len];
         for p in 0..panels {
             // The whole stride: an odd depth's pair (paired layout) reaches past `k * lanes`.
             let panel = &mut out[p * stride..(p + 1) * stride];
@@ -165,8 +160,21 @@ impl<W: WeightElem> Packed<W> {
                 }
             }
         }
-        let mut b = vec![0.0f32; panels * lanes];
-        b[..n].copy_from_slice(bias);
+        packed.bias[..n].copy_from_slice(bias);
+        packed
+    }
+
+    /// `n` features of depth `k`, every weight and bias zero, to be filled with
+    /// [`Packed::set_row`]. The storage is allocated (zero pages of an anonymous mapping for
+    /// large layers, which become resident as they are written).
+    pub(crate) fn zeroed(n: usize, k: usize, lanes: usize) -> Packed<W> {
+        let panels = n.div_ceil(lanes);
+        let line = line_of::<W>();
+        let stride = (k * lanes).div_ceil(line) * line + line;
+        let len = panels * stride;
+        // One spare line so that the panels can start on a 64-byte boundary.
+        let data = Store::<W>::zeroed(len + line);
+        let offset = data.as_slice().as_ptr().align_offset(64).min(line);
         Packed {
             lanes,
             k,
@@ -175,8 +183,38 @@ impl<W: WeightElem> Packed<W> {
             stride,
             data,
             offset,
-            bias: b,
+            bias: vec![0.0f32; panels * lanes],
         }
+    }
+
+    /// Put feature `o`'s weights (`k` values, converted as in [`Packed::new`]) and bias in their
+    /// places: the same values in the same places as `Packed::new` given that row. Panics if `o`
+    /// is not below `n` or `row` is not `k` long.
+    pub(crate) fn set_row(&mut self, o: usize, row: &[f32], bias: f32) {
+        assert!(
+            o < self.n && row.len() == self.k,
+            "row {o} of {} x {}",
+            self.n,
+            self.k
+        );
+        let (lanes, stride) = (self.lanes, self.stride);
+        let (p, l) = (o / lanes, o % lanes);
+        let start = self.offset + p * stride;
+        let panel = &mut self.data.as_mut_slice()[start..start + stride];
+        for (kk, &v) in row.iter().enumerate() {
+            panel[W::index(kk, l, lanes)] = W::from_f32(v);
+        }
+        self.bias[o] = bias;
+    }
+
+    /// The packed panels (padding included, without the alignment offset) and the padded bias,
+    /// as bytes: what two packings must share to compute the same bits.
+    pub(crate) fn layout_bytes(&self) -> (&[u8], &[u8]) {
+        let len = self.panels * self.stride;
+        (
+            bytemuck::cast_slice(&self.data.as_slice()[self.offset..self.offset + len]),
+            bytemuck::cast_slice(&self.bias[..]),
+        )
     }
 
     /// Bytes held (padded weights and bias).

@@ -267,6 +267,72 @@ impl DenseKernel {
         }
     }
 
+    /// An empty kernel of `outputs` features over `inputs`, for the path chosen by `choice` with
+    /// the weights stored as `weights`, to be filled one output feature at a time
+    /// ([`DenseBuilder::push_row`]): the same kernel as [`DenseKernel::with_weights`] given all the
+    /// rows at once, without the `[outputs, inputs]` f32 copy of the whole layer. The storage of
+    /// the packed weights is allocated here.
+    pub fn builder(
+        inputs: usize,
+        outputs: usize,
+        choice: KernelChoice,
+        weights: DType,
+    ) -> DenseBuilder {
+        let isa = choice.resolve();
+        let lanes = Family::of(isa).lanes;
+        let blocking = blocking_for(isa, weights, &Caches::detect());
+        let fill = if gemv::narrow(outputs, lanes) {
+            Weights::Rows(gemv::Rows {
+                k: inputs,
+                n: outputs,
+                w: Vec::with_capacity(inputs.saturating_mul(outputs)),
+                bias: Vec::with_capacity(outputs),
+            })
+        } else {
+            match weights {
+                DType::F32 => Weights::F32(Packed::zeroed(outputs, inputs, lanes)),
+                DType::F16 => Weights::F16(Packed::zeroed(outputs, inputs, lanes)),
+                DType::BF16 => Weights::Bf16(Packed::zeroed(outputs, inputs, lanes)),
+            }
+        };
+        DenseBuilder {
+            kernel: DenseKernel {
+                inputs,
+                outputs,
+                isa,
+                weights: fill,
+                blocking,
+            },
+            rows: 0,
+        }
+    }
+
+    /// Whether `other` runs on the same path with the same blocking and holds the same packed
+    /// bytes (weights, padding and bias): then both compute the same bits. For tests of packing
+    /// routes.
+    #[doc(hidden)]
+    pub fn same_packing(&self, other: &DenseKernel) -> bool {
+        fn layout(k: &DenseKernel) -> (DType, (&[u8], &[u8])) {
+            match &k.weights {
+                Weights::F32(p) => (DType::F32, p.layout_bytes()),
+                Weights::F16(p) => (DType::F16, p.layout_bytes()),
+                Weights::Bf16(p) => (DType::BF16, p.layout_bytes()),
+                Weights::Rows(r) => (
+                    DType::F32,
+                    (
+                        bytemuck::cast_slice(&r.w[..]),
+                        bytemuck::cast_slice(&r.bias[..]),
+                    ),
+                ),
+            }
+        }
+        let rows = |k: &DenseKernel| matches!(k.weights, Weights::Rows(_));
+        (self.inputs, self.outputs, self.isa, self.blocking)
+            == (other.inputs, other.outputs, other.isa, other.blocking)
+            && rows(self) == rows(other)
+            && layout(self) == layout(other)
+    }
+
     /// Input features.
     pub fn inputs(&self) -> usize {
         self.inputs
@@ -513,6 +579,52 @@ struct Run<'a> {
     unpacked: bool,
     /// Threads to split across (1: the calling thread only).
     threads: usize,
+}
+
+/// A [`DenseKernel`] being filled one output feature at a time, in order ([`DenseKernel::builder`]).
+///
+/// Each row goes straight to its place in the packed panels (converted to the stored type as
+/// [`DenseKernel::with_weights`] converts it), so a caller that makes the rows one by one (the
+/// plan's lowering, folding each row in f64) never holds an f32 copy of the whole layer.
+#[derive(Debug)]
+pub struct DenseBuilder {
+    kernel: DenseKernel,
+    /// Rows pushed so far.
+    rows: usize,
+}
+
+impl DenseBuilder {
+    /// Add the next output feature: its `inputs` weights and its bias.
+    ///
+    /// Panics if `weights` is not `inputs` long, or if every row has been pushed already.
+    pub fn push_row(&mut self, weights: &[f32], bias: f32) {
+        let (k, o) = (&mut self.kernel, self.rows);
+        assert!(o < k.outputs, "all {} rows pushed already", k.outputs);
+        assert_eq!(weights.len(), k.inputs, "row length");
+        match &mut k.weights {
+            Weights::F32(p) => p.set_row(o, weights, bias),
+            Weights::F16(p) => p.set_row(o, weights, bias),
+            Weights::Bf16(p) => p.set_row(o, weights, bias),
+            Weights::Rows(r) => {
+                r.w.extend_from_slice(weights);
+                r.bias.push(bias);
+            }
+        }
+        self.rows += 1;
+    }
+
+    /// Rows pushed so far.
+    pub fn rows_pushed(&self) -> usize {
+        self.rows
+    }
+
+    /// The kernel, once every row has been pushed.
+    ///
+    /// Panics if some row is missing.
+    pub fn finish(self) -> DenseKernel {
+        assert_eq!(self.rows, self.kernel.outputs, "rows pushed");
+        self.kernel
+    }
 }
 
 /// Panics if a per-feature vector of `ops` is shorter than `n`.
