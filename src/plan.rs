@@ -101,6 +101,11 @@ struct Step {
     kernel: KernelChoice,
 }
 
+/// Parts per pool thread when a plan splits a call by rows ([`Plan::rows_per_part`]).
+const PARTS_PER_THREAD: usize = 4;
+/// The fewest rows in such a part (each part pays every step's fixed costs once).
+const MIN_PART_ROWS: usize = 32;
+
 /// A compiled network: immutable, `Send + Sync`, shareable across threads.
 #[derive(Debug)]
 pub struct Plan {
@@ -252,8 +257,8 @@ impl Plan {
     /// each would otherwise split (by rows) on its own, a fork and join per layer for work of a
     /// few tens of microseconds, and every core holds all the weights anyway. Larger plans keep
     /// the per-layer split, where each thread streams its share of a layer's weights. Parts are
-    /// multiples of 8 rows; each part's dense layers take the driver of the whole batch, so the
-    /// outputs are bit for bit those of the undivided call.
+    /// multiples of 8 rows, a few per thread (rayon balances them); each part's dense layers take
+    /// the driver of the whole batch, so the outputs are bit for bit those of the undivided call.
     fn row_part(&self, batch: usize) -> Option<usize> {
         self.rows_per_part(batch)
     }
@@ -265,8 +270,15 @@ impl Plan {
             return None;
         }
         let threads = kernels::threads_for(self.macs_per_row.saturating_mul(batch));
-        let rows = batch.div_ceil(threads).div_ceil(8) * 8;
-        (threads > 1 && rows < batch).then_some(rows)
+        if threads <= 1 {
+            return None;
+        }
+        // PARTS_PER_THREAD parts per thread (of at least MIN_PART_ROWS rows), not one: a worker
+        // that wakes late (tens of microseconds on a virtual machine) still finds parts to take,
+        // where with one part each the caller would run both halves itself.
+        let parts = threads.saturating_mul(PARTS_PER_THREAD);
+        let rows = batch.div_ceil(parts).max(MIN_PART_ROWS).div_ceil(8) * 8;
+        (rows < batch).then_some(rows)
     }
 
     /// The dense kernels of the plan's steps, in order (for tests that compare packings).
