@@ -5,30 +5,11 @@
 
 use bnfold::{Activation, Model, Options};
 
-/// Resident KiB of this process's mapping of `path` (`Rss` in `/proc/self/smaps`), summed over
-/// its mappings of that file.
 #[cfg(target_os = "linux")]
-fn mapped_rss_kib(path: &std::path::Path) -> u64 {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-    let name = path.to_str().unwrap();
-    let mut total = 0;
-    let mut inside = false;
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        // A mapping's header line starts with its address range (`lo-hi`, hex).
-        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            inside = line.ends_with(name);
-        } else if inside && let Some(kb) = line.strip_prefix("Rss:") {
-            total += kb
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .unwrap();
-        }
-    }
-    total
-}
+#[path = "common/smaps.rs"]
+mod smaps;
+#[cfg(target_os = "linux")]
+use smaps::mapped_rss_kib;
 
 #[cfg(target_os = "linux")]
 #[test]

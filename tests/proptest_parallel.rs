@@ -15,14 +15,19 @@ use bnfold::synth::{Layer, Stats};
 use bnfold::{Activation, DType, Model, Options, VerifyOptions};
 use proptest::prelude::*;
 
-/// A network with at least one layer above the parallel threshold at `batch` rows.
-fn net() -> impl Strategy<Value = (usize, Vec<Layer>, usize, DType, u64)> {
-    let act = proptest::sample::select(
+/// Any activation but softmax (which may only end a network).
+fn elementwise_activation() -> impl Strategy<Value = Activation> {
+    proptest::sample::select(
         Activation::ALL
             .into_iter()
             .filter(|a| a.is_elementwise())
             .collect::<Vec<_>>(),
-    );
+    )
+}
+
+/// A network with at least one layer above the parallel threshold at `batch` rows.
+fn net() -> impl Strategy<Value = (usize, Vec<Layer>, usize, DType, u64)> {
+    let act = elementwise_activation();
     (
         33usize..400,
         prop::collection::vec((65usize..700, act, any::<bool>(), any::<bool>()), 1..3),
@@ -64,12 +69,7 @@ fn net() -> impl Strategy<Value = (usize, Vec<Layer>, usize, DType, u64)> {
 /// A narrow network (every width below 64, so its weights are a few KiB) and a batch large
 /// enough for the whole call to reach the parallel threshold.
 fn narrow_net() -> impl Strategy<Value = (usize, Vec<Layer>, usize, DType, u64)> {
-    let act = proptest::sample::select(
-        Activation::ALL
-            .into_iter()
-            .filter(|a| a.is_elementwise())
-            .collect::<Vec<_>>(),
-    );
+    let act = elementwise_activation();
     (
         1usize..64,
         prop::collection::vec((1usize..64, act, any::<bool>()), 1..5),

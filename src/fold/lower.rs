@@ -583,27 +583,13 @@ fn lower_folded<D: RowSink>(
 mod tests {
     use super::*;
 
-    /// Resident KiB of this process's mappings of `path` (`Rss` in `/proc/self/smaps`).
-    fn mapped_rss_kib(path: &std::path::Path) -> u64 {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let name = path.to_str().unwrap();
-        let mut total = 0;
-        let mut inside = false;
-        for line in smaps.lines() {
-            let first = line.split_whitespace().next().unwrap_or("");
-            if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-                inside = line.ends_with(name);
-            } else if inside && let Some(kb) = line.strip_prefix("Rss:") {
-                total += kb
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .unwrap();
-            }
-        }
-        total
+    mod smaps {
+        include!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/common/smaps.rs"
+        ));
     }
+    use smaps::mapped_rss_kib;
 
     /// Counts rows and, every 64 rows, the file's resident pages.
     struct Watch<'p> {
