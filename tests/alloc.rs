@@ -1,8 +1,8 @@
 //! A session call allocates nothing once its buffers have grown to the batch.
 //!
-//! A counting global allocator records allocations made by this thread; the plan runs on the
-//! calling thread (these layers are far below the parallel threshold), so every allocation a call
-//! makes is counted.
+//! A counting global allocator records allocations made by this thread; the plans of the first
+//! two tests run on the calling thread (their layers are far below the parallel threshold), so
+//! every allocation a call makes is counted; the last counts the pool thread a split call runs on.
 
 mod common;
 
@@ -153,5 +153,34 @@ fn owned_sessions_in_static_places_allocate_nothing_per_call() {
         assert!(weak.upgrade().is_some());
         SESSION.with_borrow_mut(|s| *s = None);
         assert!(weak.upgrade().is_none());
+    }
+}
+
+/// A narrow plan that splits a large call by rows across the pool (`Plan::rows_per_part`)
+/// allocates nothing either, on the thread that makes the call (counted inside the pool, where
+/// the call runs and does its share of the parts).
+#[test]
+fn calls_split_by_rows_across_a_pool_allocate_nothing_on_the_calling_thread() {
+    let bytes = bnfold::synth::mlp(1, true, &[30; 7], Activation::Tanh, 1, 3).unwrap();
+    let model = Model::from_bytes(&bytes).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let batch = 512;
+    let x = input(batch, 1, 2);
+    for opts in [Options::folded(), Options::unfolded()] {
+        let plan = model.compile(&opts).unwrap();
+        let counted = pool.install(|| {
+            assert!(plan.rows_per_part(batch).is_some(), "the split is taken");
+            let mut s = plan.session_with_capacity(batch);
+            s.run(&x, batch).unwrap();
+            let before = allocations();
+            for _ in 0..5 {
+                assert_eq!(s.run(&x, batch).unwrap().len(), batch);
+            }
+            allocations() - before
+        });
+        assert_eq!(counted, 0, "{:?}: a split call allocated", opts.mode);
     }
 }
