@@ -117,7 +117,7 @@ pub struct Plan {
     /// Multiply-adds of the dense steps per row.
     macs_per_row: usize,
     /// Whether a large batch runs as parts of its rows, one per thread, each through every step
-    /// (see [`Plan::row_part`]).
+    /// (see [`Plan::rows_per_part`]).
     split_rows: bool,
 }
 
@@ -259,11 +259,7 @@ impl Plan {
     /// the per-layer split, where each thread streams its share of a layer's weights. Parts are
     /// multiples of 8 rows, a few per thread (rayon balances them); each part's dense layers take
     /// the driver of the whole batch, so the outputs are bit for bit those of the undivided call.
-    fn row_part(&self, batch: usize) -> Option<usize> {
-        self.rows_per_part(batch)
-    }
-
-    /// [`Plan::row_part`] in the current rayon pool, for tests.
+    /// Public (hidden) for the tests that check the split is taken.
     #[doc(hidden)]
     pub fn rows_per_part(&self, batch: usize) -> Option<usize> {
         if !self.split_rows || batch < 16 {
@@ -421,7 +417,7 @@ impl RowSink for DenseBuilder {
 impl Step {
     /// Compute this step from `src` (`[batch, width_in]`) into `dst` (`[batch, self.width]`).
     /// `whole`: these rows are a part of a call on `whole` rows, run on this thread alone (see
-    /// [`Plan::row_part`]).
+    /// [`Plan::rows_per_part`]).
     fn run(
         &self,
         src: &[f32],
@@ -483,7 +479,7 @@ impl Scratch {
         plan.check_input(input, batch)?;
         self.reserve(plan, batch)?;
         let (mw, n_in, n_out) = (plan.max_width, plan.input_features, plan.output_features);
-        let cur_in_a = match plan.row_part(batch) {
+        let cur_in_a = match plan.rows_per_part(batch) {
             None => run_steps(plan, input, batch, &mut self.a, &mut self.b, None),
             Some(rows) => {
                 // Each part owns its rows of both buffers (`rows * mw` values each), so the parts
