@@ -144,26 +144,6 @@ pub(crate) struct Packed<W: WeightElem> {
 }
 
 impl<W: WeightElem> Packed<W> {
-    /// Pack `w` (`[n, k]` row-major) and `bias` (`n`) for vectors of `lanes` f32, the weights
-    /// converted to `W` ([`WeightElem::from_f32`]: exact for weights already rounded to `W`).
-    pub(crate) fn new(w: &[f32], bias: &[f32], n: usize, k: usize, lanes: usize) -> Packed<W> {
-        let mut packed = Packed::zeroed(n, k, lanes);
-        let (panels, stride, len) = (packed.panels, packed.stride, packed.panels * packed.stride);
-        let out = &mut packed.data.as_mut_slice()[packed.offset..packed.offset + len];
-        for p in 0..panels {
-            // The whole stride: an odd depth's pair (paired layout) reaches past `k * lanes`.
-            let panel = &mut out[p * stride..(p + 1) * stride];
-            for l in 0..lanes.min(n - p * lanes) {
-                let row = &w[(p * lanes + l) * k..(p * lanes + l + 1) * k];
-                for (kk, &v) in row.iter().enumerate() {
-                    panel[W::index(kk, l, lanes)] = W::from_f32(v);
-                }
-            }
-        }
-        packed.bias[..n].copy_from_slice(bias);
-        packed
-    }
-
     /// `n` features of depth `k`, every weight and bias zero, to be filled with
     /// [`Packed::set_row`]. The storage is allocated (zero pages of an anonymous mapping for
     /// large layers, which become resident as they are written).
@@ -187,9 +167,10 @@ impl<W: WeightElem> Packed<W> {
         }
     }
 
-    /// Put feature `o`'s weights (`k` values, converted as in [`Packed::new`]) and bias in their
-    /// places: the same values in the same places as `Packed::new` given that row. Panics if `o`
-    /// is not below `n` or `row` is not `k` long.
+    /// Put feature `o`'s weights (`k` values, converted to `W` by [`WeightElem::from_f32`]: exact
+    /// for weights already rounded to `W`) and its bias in their places: lane `o % lanes` of panel
+    /// `o / lanes`, depth by depth ([`WeightElem::index`]). Panics if `o` is not below `n` or `row`
+    /// is not `k` long.
     pub(crate) fn set_row(&mut self, o: usize, row: &[f32], bias: f32) {
         assert!(
             o < self.n && row.len() == self.k,
@@ -946,6 +927,17 @@ pub(crate) fn bias_only<W: WeightElem>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl<W: WeightElem> Packed<W> {
+        /// `w` (`[n, k]` row-major) and `bias` (`n`) packed row by row.
+        fn new(w: &[f32], bias: &[f32], n: usize, k: usize, lanes: usize) -> Packed<W> {
+            let mut p = Packed::zeroed(n, k, lanes);
+            for o in 0..n {
+                p.set_row(o, &w[o * k..(o + 1) * k], bias[o]);
+            }
+            p
+        }
+    }
 
     /// Large weights live in their own mapping, small ones on the heap; both pack the same values
     /// into the same places, and a clone copies them. For each stored type: the panels start on a

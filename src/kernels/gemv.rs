@@ -25,14 +25,20 @@ pub(crate) struct Rows {
 }
 
 impl Rows {
-    /// Copy `w` (`[n, k]` row-major) and `bias` (`n`).
-    pub(crate) fn new(w: &[f32], bias: &[f32], n: usize, k: usize) -> Rows {
+    /// No rows yet, room for `n` rows of `k` weights ([`Rows::push_row`] fills them in order).
+    pub(crate) fn empty(n: usize, k: usize) -> Rows {
         Rows {
             k,
             n,
-            w: w.to_vec(),
-            bias: bias.to_vec(),
+            w: Vec::with_capacity(n.saturating_mul(k)),
+            bias: Vec::with_capacity(n),
         }
+    }
+
+    /// Append the next output's `k` weights and its bias.
+    pub(crate) fn push_row(&mut self, row: &[f32], bias: f32) {
+        self.w.extend_from_slice(row);
+        self.bias.push(bias);
     }
 
     /// Bytes held.

@@ -246,25 +246,11 @@ impl DenseKernel {
             "weight length"
         );
         assert_eq!(bias.len(), outputs, "bias length");
-        let isa = choice.resolve();
-        let lanes = Family::of(isa).lanes;
-        let blocking = blocking_for(isa, weights, &Caches::detect());
-        let weights = if gemv::narrow(outputs, lanes) {
-            Weights::Rows(gemv::Rows::new(weight, bias, outputs, inputs))
-        } else {
-            match weights {
-                DType::F32 => Weights::F32(Packed::new(weight, bias, outputs, inputs, lanes)),
-                DType::F16 => Weights::F16(Packed::new(weight, bias, outputs, inputs, lanes)),
-                DType::BF16 => Weights::Bf16(Packed::new(weight, bias, outputs, inputs, lanes)),
-            }
-        };
-        DenseKernel {
-            inputs,
-            outputs,
-            isa,
-            weights,
-            blocking,
+        let mut builder = Self::builder(inputs, outputs, choice, weights);
+        for (o, &b) in bias.iter().enumerate() {
+            builder.push_row(&weight[o * inputs..(o + 1) * inputs], b);
         }
+        builder.finish()
     }
 
     /// An empty kernel of `outputs` features over `inputs`, for the path chosen by `choice` with
@@ -282,12 +268,7 @@ impl DenseKernel {
         let lanes = Family::of(isa).lanes;
         let blocking = blocking_for(isa, weights, &Caches::detect());
         let fill = if gemv::narrow(outputs, lanes) {
-            Weights::Rows(gemv::Rows {
-                k: inputs,
-                n: outputs,
-                w: Vec::with_capacity(inputs.saturating_mul(outputs)),
-                bias: Vec::with_capacity(outputs),
-            })
+            Weights::Rows(gemv::Rows::empty(outputs, inputs))
         } else {
             match weights {
                 DType::F32 => Weights::F32(Packed::zeroed(outputs, inputs, lanes)),
@@ -545,7 +526,7 @@ impl DenseKernel {
             ..
         } = *run;
         let n = self.outputs;
-        let run = |rows: std::ops::Range<usize>, y: &mut [f32]| {
+        let rows_into = |rows: std::ops::Range<usize>, y: &mut [f32]| {
             let t = gemv::RowArgs {
                 w,
                 x: x.as_ptr(),
@@ -559,13 +540,13 @@ impl DenseKernel {
             gemv::epilogue(y, n, epilogue);
         };
         if threads <= 1 || batch < 2 {
-            run(0..batch, y);
+            rows_into(0..batch, y);
             return;
         }
         let step = batch.div_ceil(threads);
         y.par_chunks_mut(step * n)
             .enumerate()
-            .for_each(|(t, chunk)| run(t * step..(t * step + chunk.len() / n), chunk));
+            .for_each(|(t, chunk)| rows_into(t * step..(t * step + chunk.len() / n), chunk));
     }
 }
 
@@ -605,10 +586,7 @@ impl DenseBuilder {
             Weights::F32(p) => p.set_row(o, weights, bias),
             Weights::F16(p) => p.set_row(o, weights, bias),
             Weights::Bf16(p) => p.set_row(o, weights, bias),
-            Weights::Rows(r) => {
-                r.w.extend_from_slice(weights);
-                r.bias.push(bias);
-            }
+            Weights::Rows(r) => r.push_row(weights, bias),
         }
         self.rows += 1;
     }
