@@ -116,6 +116,17 @@ unsafe fn horner<V: Simd, const N: usize>(x: V, c: &[f32; N]) -> V {
     }
 }
 
+/// `x` clamped to `[lo, hi]`; a NaN `x` passes through (`max(lo, x)` and `min(hi, x)` return
+/// their second operand where either is NaN, the trait's rule), and so does a zero's sign.
+///
+/// # Safety
+/// The CPU supports `V`.
+#[inline(always)]
+unsafe fn clamp<V: Simd>(x: V, lo: f32, hi: f32) -> V {
+    // SAFETY: the function contract.
+    unsafe { V::min(V::splat(hi), V::max(V::splat(lo), x)) }
+}
+
 /// `exp(hi + lo)`, where `lo` is a small correction to `hi` (the rounding error of computing
 /// it; zero when `hi` is exact). Full range: subnormal results are scaled in two steps, so they
 /// are rounded once; large arguments clamp before any scaling, so only the last product
@@ -127,8 +138,7 @@ unsafe fn horner<V: Simd, const N: usize>(x: V, c: &[f32; N]) -> V {
 pub(crate) unsafe fn exp_hilo<V: Simd>(hi: V, lo: V) -> V {
     // SAFETY: the function contract.
     unsafe {
-        // `max(lo, x)` / `min(hi, x)` pass a NaN `x` through.
-        let x = V::min(V::splat(EXP_HI), V::max(V::splat(EXP_LO), hi));
+        let x = clamp(hi, EXP_LO, EXP_HI);
         // n in [-150, 128]; r = x - n ln 2 in [-ln2/2, ln2/2] (plus `lo`).
         let n = V::round(V::mul(x, V::splat(LOG2E)));
         let r = V::fma(n, V::splat(-LN2_HI), x);
@@ -174,7 +184,7 @@ pub(crate) unsafe fn tanh<V: Simd>(x: V) -> V {
         // clamping the result keeps |tanh| <= 1 and makes the end of the range +-1 exactly. Two
         // operations where comparing |x| with the end and selecting +-1 took five (a fifth of
         // the function's cost).
-        V::max(V::splat(-1.0), V::min(V::splat(1.0), t))
+        clamp(t, -1.0, 1.0)
     }
 }
 
