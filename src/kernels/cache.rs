@@ -7,8 +7,9 @@
 //! Quintana-Orti, *Analytical Modeling Is Enough for High-Performance BLIS*, ACM TOMS 43(2),
 //! 2016: each block takes a fixed fraction of its level, so the block that streams past it does
 //! not evict it); the fractions are in [`Blocking::derive`] and `docs/PERFORMANCE.md` gives the
-//! measurements behind them. The same caches bound the unpacked driver: weight matrices up to
-//! half the L3 share stay unpacked, and its panel groups fill a quarter of L2.
+//! measurements behind them. The same caches bound the unpacked driver: weight matrices that fit
+//! L2, and inputs up to a quarter of L3, stay unpacked at any batch; its panel groups fill a
+//! quarter of L2.
 //!
 //! Sizes come from CPUID (deterministic cache parameters: leaf 4 on Intel, leaf `0x8000_001D` on
 //! AMD, legacy AMD leaves `0x8000_0005/6` otherwise), read once per process. Where CPUID gives
@@ -239,8 +240,9 @@ pub struct Blocking {
     /// Input rows per block: the packed input block (`NC x KC` f32) fills a quarter of the L3
     /// share, at most [`Blocking::NC_MAX`] rows.
     pub nc: usize,
-    /// Weights (elements) up to which a layer runs unpacked at any batch: half the L3 (the
-    /// whole cache, as measured: a process serving one model has it to itself).
+    /// Weights (elements) up to which a layer runs unpacked at any batch: as many as fill L2,
+    /// so that the unpacked driver's panel groups (a quarter of L2 each) read the inputs at most
+    /// four times (see `unpacked_path` in `gemm.rs` for the measurements).
     pub unpacked_max_weights: usize,
     /// Inputs (f32) up to which a product runs unpacked at any width: a quarter of the L3.
     pub unpacked_max_inputs: usize,
@@ -256,10 +258,10 @@ impl Blocking {
     /// The blocking for tiles of `nr` rows by `features` output features (`MV * LANES`), weights
     /// of `elem` bytes, on `caches`.
     ///
-    /// The fractions reproduce the constants measured best on the AVX-512 development machine
-    /// (48 KiB L1d, 1 MiB L2, 32 MiB L3: KC 512, MC 256, unpacked up to 4 Mi f32 weights and
-    /// 2 Mi f32 inputs) and are checked on the AVX2 one in
-    /// `docs/PERFORMANCE.md`. `kc` is a multiple of 16 (depth pairs of bf16 panels, cache lines
+    /// The fractions reproduce the block sizes measured best on the AVX-512 development machine
+    /// (48 KiB L1d, 1 MiB L2, 32 MiB L3: KC 512, MC 256, unpacked up to 2 Mi f32 inputs) and are
+    /// checked on the AVX2 one in `docs/PERFORMANCE.md`; the weights bound of the unpacked path
+    /// was measured on the AVX2 one (`unpacked_path` in `gemm.rs`). `kc` is a multiple of 16 (depth pairs of bf16 panels, cache lines
     /// of the packed inputs), `mc` a multiple of `features`, `nc` of 24 (every `NR` in use: 6
     /// and 8), each at least one step.
     pub fn derive(caches: &Caches, nr: usize, features: usize, elem: usize) -> Blocking {
@@ -273,7 +275,7 @@ impl Blocking {
             kc,
             mc,
             nc,
-            unpacked_max_weights: caches.l3 / 2 / elem,
+            unpacked_max_weights: caches.l2 / elem,
             unpacked_max_inputs: caches.l3 / 4 / 4,
             group_bytes: caches.l2 / 4,
         }
@@ -300,9 +302,10 @@ mod tests {
         // x 2 threads. AVX-512 blocked tile: 6 rows by 4 vectors of 16.
         let b = Blocking::derive(&caches(48 << 10, 1 << 20, 2 << 20), 6, 64, 4);
         assert_eq!((b.kc, b.mc), (512, 256));
+        // Inputs: a quarter of the 32 MiB L3 in f32; weights: the 1 MiB L2 in f32.
         assert_eq!(
             (b.unpacked_max_weights, b.unpacked_max_inputs),
-            (4 << 20, 2 << 20)
+            (256 << 10, 2 << 20)
         );
         // 2 MiB / 4 / (512 * 4 bytes) = 256 rows, rounded down to a multiple of 24.
         assert_eq!(b.nc, 240);

@@ -9,8 +9,8 @@
 //! contiguously.
 //!
 //! Two drivers share the micro-kernel:
-//! - the *unpacked* path (see [`unpacked_path`]: batches up to [`SMALL_BATCH`], small layers and
-//!   L3-resident products): no blocking and no packing of `X`; rows are taken in chunks of up to 8
+//! - the *unpacked* path (see [`unpacked_path`]: batches up to [`SMALL_BATCH`], layers whose
+//!   weights fit L2, products whose inputs fit L3): no blocking and no packing of `X`; rows are taken in chunks of up to 8
 //!   and each chunk streams the packed weights once, with tiles shaped for 1, 2, 4 or 8 rows
 //!   (tract's kernel families, by batch size);
 //! - the *blocked* path: the BLIS loops (`NC` rows of `X`, `KC` of depth, `MC` features, then the
@@ -29,18 +29,33 @@ use crate::activation::Activation;
 /// Batches up to this size take the small-batch (streaming, unpacked) path.
 pub(crate) const SMALL_BATCH: usize = 8;
 
-/// Whether a product takes the unpacked path: batches up to [`SMALL_BATCH`], and products whose
-/// weights or inputs fit the L3 ([`Blocking::unpacked_max_weights`],
-/// [`Blocking::unpacked_max_inputs`]). The unpacked driver takes the weights in L2-sized panel
-/// groups and runs every chunk of 8 rows over each group, reading the inputs straight from the
-/// caller's rows; it saves the packing of `X` and the reloads of the output between depth blocks.
-/// Measured on the AVX-512 development machine (32 MiB L3), one thread, both drivers back to back
-/// (GFLOP/s, unpacked vs blocked): 2048x2048 at batch 256 and 2048: 226-228 vs 208-210 and
-/// 202-219 vs 200-204; 1024x1024 at 1024: 223-227 vs 197-201; 784x1024 at 64 and 1024: 224-236 vs
-/// 201-211; 4096x4096 at 64 and 512: 211-221 vs 185-214; but 4096x4096 at 1024 and 2048 (16 and
-/// 32 MiB of inputs, re-read per panel group): 193-217 vs 219-221, so those are blocked. Decided
-/// from the whole problem (not from one task's share of it), so that the summation order never
-/// depends on the thread count.
+/// Whether a product takes the unpacked path: batches up to [`SMALL_BATCH`], products whose
+/// inputs fit a quarter of L3 ([`Blocking::unpacked_max_inputs`]), and layers whose weights fit
+/// L2 ([`Blocking::unpacked_max_weights`]). The unpacked driver takes the weights in panel groups
+/// of a quarter of L2 and runs every chunk of 8 rows over each group, reading the inputs straight
+/// from the caller's rows; it saves the packing of `X` and the reloads of the output between
+/// depth blocks, and pays one read of all the inputs per group.
+///
+/// Inputs: measured on the AVX-512 development machine (32 MiB L3), one thread, both drivers
+/// back to back (GFLOP/s, unpacked vs blocked): 2048x2048 at batch 256: 226-228 vs 208-210;
+/// 1024x1024 at 1024: 223-227 vs 197-201; 784x1024 at 64 and 1024: 224-236 vs 201-211;
+/// 4096x4096 at 64 and 512: 211-221 vs 185-214; but 4096x4096 at 1024 and 2048 (16 and 32 MiB of
+/// inputs, re-read per panel group): 193-217 vs 219-221, so those are blocked.
+///
+/// Weights: once the inputs outgrow the L3, re-reading them per group costs more than the
+/// blocked driver's packing as soon as there are more than about four groups. Measured on the
+/// AVX2 machine of `docs/PERFORMANCE.md` (8 MiB L3, 512 KiB L2, so 128 KiB groups), one thread,
+/// ReLU epilogue, drivers alternating, 2-3 rounds (GFLOP/s, unpacked vs blocked): 1024x1024 at
+/// batch 1024 29.9-31.3 vs 33.7-34.8 and at 1536 30.0-30.7 vs 34.4-34.5 (32 groups); 784x1024
+/// at 1024 29.1-33.1 vs 33.2-34.6; 512x512 at 2048 30.9 vs 33.5 (8 groups); 362x362 at 8192
+/// 32.1-32.7 vs 31.4-32.4 (4 groups); 256x256 at 8192 32.7-33.4 vs 32.6-32.7 (2); and within one
+/// group 180x180 at 16384 31.8-31.9 vs 29.0-29.2, 1024x30 at 16384 30.7-31.2 vs 17.6-17.8. The
+/// bound was half the L3 before (up to 1 Mi f32 weights there: the 1024x1024 rows above ran
+/// unpacked); on the AVX-512 machine it moves 2048x2048 at batch 2048 (16 MiB of inputs) to the
+/// blocked driver, measured there at 200-204 GFLOP/s blocked against 202-219 unpacked.
+///
+/// Decided from the whole problem (not from one task's share of it), so that the summation order
+/// never depends on the thread count.
 pub(crate) fn unpacked_path(b: &Blocking, batch: usize, k: usize, n: usize) -> bool {
     batch <= SMALL_BATCH
         || k.saturating_mul(n) <= b.unpacked_max_weights
@@ -972,6 +987,42 @@ mod tests {
         packed_storage_by_size_and_clone::<f32>();
         packed_storage_by_size_and_clone::<half::f16>();
         packed_storage_by_size_and_clone::<half::bf16>();
+    }
+
+    /// The driver choice on the caches of the AVX2 machine the bound was measured on (32 KiB L1d,
+    /// 512 KiB L2, 8 MiB L3, as `Caches::FALLBACK`; AVX2's blocked tile is 6 rows by 16): each
+    /// rule on its own, and the measured shapes on the side they were measured faster.
+    #[test]
+    fn driver_choice_follows_the_cache_bounds() {
+        let b = Blocking::derive(&super::super::cache::Caches::FALLBACK, 6, 16, 4);
+        // f32 weights up to the 512 KiB L2, inputs up to a quarter of the 8 MiB L3.
+        assert_eq!(
+            (b.unpacked_max_weights, b.unpacked_max_inputs),
+            (128 << 10, 512 << 10)
+        );
+        // Small batches always stream.
+        assert!(unpacked_path(&b, SMALL_BATCH, 4096, 4096));
+        // Inputs within a quarter of L3: unpacked whatever the weights.
+        assert!(unpacked_path(&b, 512, 1024, 4096));
+        // Past it, weights within L2 still stream (the inputs are read at most four times)...
+        for (batch, k, n) in [
+            (16384, 180, 180),
+            (16384, 1024, 30),
+            (16384, 30, 1024),
+            (8192, 362, 362),
+        ] {
+            assert!(unpacked_path(&b, batch, k, n), "{batch} x {k} x {n}");
+        }
+        // ... and larger ones are blocked.
+        for (batch, k, n) in [
+            (1024, 1024, 1024),
+            (1536, 1024, 1024),
+            (1024, 784, 1024),
+            (2048, 512, 512),
+            (256, 4096, 4096),
+        ] {
+            assert!(!unpacked_path(&b, batch, k, n), "{batch} x {k} x {n}");
+        }
     }
 
     /// Half-precision panels hold half the bytes of f32 ones (plus the f32 bias).
