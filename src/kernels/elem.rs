@@ -56,15 +56,16 @@ pub(crate) trait WeightElem:
         unsafe { (Self::load::<V, false>(p), Self::load::<V, true>(p)) }
     }
 
-    /// How far ahead of the depth it reads, in bytes, the micro-kernel asks for each panel's lines
-    /// ([`WeightElem::prefetch`], once per cache line of each panel stream); 0 for none.
+    /// How far ahead of the depth it reads, in bytes, a tile of `rows` batch rows asks for each
+    /// panel's lines ([`WeightElem::prefetch`], once per cache line of each panel stream); 0 for
+    /// none. `packed`: the blocked driver's tile, whose weights come from the L2-resident block.
     ///
     /// Half-precision panels are read at half the bytes per FMA of f32 ones, so at batch 1 the
     /// hardware prefetcher alone does not keep enough lines in flight to reach the memory
     /// bandwidth f32 panels reach; a software prefetch 1 KiB ahead of each stream closes most of
     /// that gap (measured on the AVX2 machine of docs/PERFORMANCE.md, "Half-precision weights").
-    /// f32 panels are left to the hardware prefetcher: a software prefetch slowed them there.
-    const PREFETCH: usize;
+    /// f32 panels: see the `f32` implementation.
+    fn prefetch_ahead(rows: usize, packed: bool) -> usize;
 
     /// Hint the CPU to bring the cache line holding `p` into its caches.
     ///
@@ -97,7 +98,17 @@ impl WeightElem for f32 {
         self
     }
     const PAIRED: bool = false;
-    const PREFETCH: usize = 0;
+    /// 1 KiB ahead in the unpacked driver's tiles of 4 rows and more, none elsewhere. Measured on
+    /// the AVX2 machine of docs/PERFORMANCE.md ("Prefetching f32 panels"): at batch 4 and 8 a tile
+    /// spends enough FMAs on each line that the hardware prefetcher alone leaves the memory
+    /// idle between lines (a 4096-wide network at batch 8: 10% faster with the prefetch); at
+    /// batch 1 and 2, where the panels stream at the memory's pace, the prefetch instructions
+    /// only cost (batch 2: 7% slower), and the blocked driver's L2-resident blocks do not need
+    /// them (1-3% slower).
+    #[inline(always)]
+    fn prefetch_ahead(rows: usize, packed: bool) -> usize {
+        if !packed && rows >= 4 { 1024 } else { 0 }
+    }
     #[inline(always)]
     unsafe fn load<V: Simd, const ODD: bool>(p: *const f32) -> V {
         // SAFETY: forwarded contract (`LANES` f32 at depth `kk` or `kk + 1`).
@@ -118,7 +129,10 @@ impl WeightElem for f16 {
         f16::to_f32(self)
     }
     const PAIRED: bool = false;
-    const PREFETCH: usize = 1024;
+    #[inline(always)]
+    fn prefetch_ahead(_rows: usize, _packed: bool) -> usize {
+        1024
+    }
     #[inline(always)]
     unsafe fn load<V: Simd, const ODD: bool>(p: *const f16) -> V {
         // SAFETY: forwarded contract; `f16` is a `u16` bit pattern (`repr(transparent)`), so the
@@ -144,7 +158,10 @@ impl WeightElem for bf16 {
     /// zero-extension (measured on the AVX2 machine of docs/PERFORMANCE.md: 0.66 ns per vector of
     /// 8 weights with the FMA, against 1.23 ns for a zero-extend and shift, 1.20 ns for F16C).
     const PAIRED: bool = true;
-    const PREFETCH: usize = 1024;
+    #[inline(always)]
+    fn prefetch_ahead(_rows: usize, _packed: bool) -> usize {
+        1024
+    }
     #[inline(always)]
     unsafe fn load<V: Simd, const ODD: bool>(p: *const bf16) -> V {
         // SAFETY: as for `f16`: the pair's `2 * LANES` u16 at `p`. (The half not asked for is

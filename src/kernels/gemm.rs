@@ -511,12 +511,13 @@ pub(crate) unsafe fn micro<
         // per weight vector (one load of a paired bf16 vector for both depths); the others go
         // depth by depth (a paired vector is then loaded once per depth, from L1).
         let by_vector = MV * NR + 2 * NR + 2 <= V::REGISTERS;
-        // Software prefetch of the panel streams (`WeightElem::PREFETCH`), once per cache line of
-        // each: a pair of depths spans `pair` bytes of a panel. Only ever a hint (S-7).
+        // Software prefetch of the panel streams (`WeightElem::prefetch_ahead`), once per cache
+        // line of each: a pair of depths spans `pair` bytes of a panel. Only ever a hint (S-7).
         let pair = 2 * l * size_of::<W>();
-        let ahead = W::PREFETCH / size_of::<W>();
+        let prefetch = W::prefetch_ahead(NR, PACKED);
+        let ahead = prefetch / size_of::<W>();
         for i in 0..t.kc / 2 {
-            if W::PREFETCH > 0 && (i * pair) % 64 < pair {
+            if prefetch > 0 && (i * pair) % 64 < pair {
                 for v in 0..MV {
                     W::prefetch(a.wrapping_add(v * t.a_stride + ahead));
                 }
