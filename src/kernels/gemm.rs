@@ -722,6 +722,27 @@ fn block_stride<W>(kc: usize, lanes: usize) -> usize {
     (kc.next_multiple_of(2) * lanes).div_ceil(line) * line + line
 }
 
+/// How the unpacked driver takes `len` rows: the number of chunks (each the rows of one tile of
+/// `small[min(left, SMALL_BATCH)]`, `left` the rows not yet taken) and the widest tile's vectors.
+/// While `SMALL_BATCH` or more rows are left every chunk is the widest batch's, so those are
+/// counted at once (a call of a narrow layer walks thousands of rows, once per layer and part).
+fn chunk_shape<T>(small: &[(usize, usize, T, T); SMALL_BATCH + 1], len: usize) -> (usize, usize) {
+    let (nr_full, mv_full, ..) = small[SMALL_BATCH];
+    let (mut chunks, mut mv_max, mut left) = (0, 1, len);
+    if left >= SMALL_BATCH {
+        // The smallest count that leaves fewer than SMALL_BATCH rows (`nr_full <= SMALL_BATCH`).
+        let full = (left - SMALL_BATCH) / nr_full + 1;
+        (chunks, mv_max, left) = (full, mv_full, left - full * nr_full);
+    }
+    while left > 0 {
+        let (nr, mv, ..) = small[left];
+        mv_max = mv_max.max(mv);
+        chunks += 1;
+        left -= nr.min(left);
+    }
+    (chunks, mv_max)
+}
+
 /// Compute rows `rows` and panels `panels` of the output, by the unpacked path if `unpacked`
 /// (see [`unpacked_path`]) else by the blocked one.
 ///
@@ -775,13 +796,7 @@ pub(crate) unsafe fn run_block<W: WeightElem>(
         // per chunk (the inputs are re-read per group instead, far fewer bytes).
         // The chunks of rows and their tiles' widths: a group is a multiple of the widest (all
         // are powers of two), so that no chunk falls back to one-vector tiles inside a group.
-        let (mut chunks, mut mv_max, mut r) = (0, 1, rows.start);
-        while r < rows.end {
-            let (nr, mv, ..) = tiles.small[(rows.end - r).min(SMALL_BATCH)];
-            mv_max = mv_max.max(mv);
-            chunks += 1;
-            r += nr.min(rows.end - r);
-        }
+        let (chunks, mv_max) = chunk_shape(&tiles.small, rows.len());
         // One chunk streams the weights once whatever the grouping. With two or more (7 rows
         // and up, as 6 + 1 or 6 + 2 on AVX2) ungrouped panels would stream the weights from
         // memory once per chunk: a 4096-wide layer at batch 8 took twice its bandwidth time.
@@ -988,6 +1003,25 @@ mod tests {
         packed_storage_by_size_and_clone::<f32>();
         packed_storage_by_size_and_clone::<half::f16>();
         packed_storage_by_size_and_clone::<half::bf16>();
+    }
+
+    /// `chunk_shape` counts what walking the rows one tile at a time counts, on every path's
+    /// tile table.
+    #[test]
+    fn chunk_shape_matches_the_walk() {
+        for isa in Isa::supported() {
+            let small = &f32::tiles(Family::of(isa)).small;
+            for len in 0..300 {
+                let (mut chunks, mut mv_max, mut left) = (0, 1, len);
+                while left > 0 {
+                    let (nr, mv, ..) = small[left.min(SMALL_BATCH)];
+                    mv_max = mv_max.max(mv);
+                    chunks += 1;
+                    left -= nr.min(left);
+                }
+                assert_eq!(chunk_shape(small, len), (chunks, mv_max), "{isa} {len}");
+            }
+        }
     }
 
     /// The driver choice on the caches of the AVX2 machine the bound was measured on (32 KiB L1d,
