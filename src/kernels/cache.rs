@@ -261,9 +261,9 @@ impl Blocking {
     /// The fractions reproduce the block sizes measured best on the AVX-512 development machine
     /// (48 KiB L1d, 1 MiB L2, 32 MiB L3: KC 512, MC 256, unpacked up to 2 Mi f32 inputs) and are
     /// checked on the AVX2 one in `docs/PERFORMANCE.md`; the weights bound of the unpacked path
-    /// was measured on the AVX2 one (`unpacked_path` in `gemm.rs`). `kc` is a multiple of 16 (depth pairs of bf16 panels, cache lines
-    /// of the packed inputs), `mc` a multiple of `features`, `nc` of 24 (every `NR` in use: 6
-    /// and 8), each at least one step.
+    /// was measured on the AVX2 one (`unpacked_path` in `gemm.rs`). `kc` is a multiple of 16
+    /// (depth pairs of bf16 panels, cache lines of the packed inputs), `mc` a multiple of
+    /// `features`, `nc` of 24 (every `NR` in use: 6 and 8), each at least one step.
     pub fn derive(caches: &Caches, nr: usize, features: usize, elem: usize) -> Blocking {
         let nr = nr.max(1);
         let features = features.max(1);

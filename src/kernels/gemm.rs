@@ -10,9 +10,9 @@
 //!
 //! Two drivers share the micro-kernel:
 //! - the *unpacked* path (see [`unpacked_path`]: batches up to [`SMALL_BATCH`], layers whose
-//!   weights fit L2, products whose inputs fit L3): no blocking and no packing of `X`; rows are taken in chunks of up to 8
-//!   and each chunk streams the packed weights once, with tiles shaped for 1, 2, 4 or 8 rows
-//!   (tract's kernel families, by batch size);
+//!   weights fit L2, products whose inputs fit L3): no blocking and no packing of `X`; rows are
+//!   taken in chunks of up to 8 and each chunk streams the packed weights once, with tiles shaped
+//!   for 1, 2, 4 or 8 rows (tract's kernel families, by batch size);
 //! - the *blocked* path: the BLIS loops (`NC` rows of `X`, `KC` of depth, `MC` features, then the
 //!   `NR` x `MV*LANES` micro-tiles), with `X` packed per `KC x NC` block into `NR`-row micro-panels
 //!   that stay in L1 while the L2-resident block of `W` (copied contiguous per `KC x MC` block)
