@@ -104,7 +104,7 @@ impl WeightElem for f32 {
     /// idle between lines (a 4096-wide network at batch 8: 10% faster with the prefetch); at
     /// batch 1 and 2, where the panels stream at the memory's pace, the prefetch instructions
     /// only cost (batch 2: 7% slower), and the blocked driver's L2-resident blocks do not need
-    /// them (1-3% slower).
+    /// them (0-4% slower).
     #[inline(always)]
     fn prefetch_ahead(rows: usize, packed: bool) -> usize {
         if !packed && rows >= 4 { 1024 } else { 0 }
