@@ -217,6 +217,12 @@ def machine_section(data, out):
                        f"{fmt_bytes(p0.get('read_bytes', 0))} buffer) |")
     if med.get("1") and med.get("2"):
         out.append(f"| read bandwidth 2 threads / 1 thread | {med['2']['read_gbs'] / med['1']['read_gbs']:.2f} |")
+    if any("kernel_over_fma_1t" in p for p in probes):
+        # The dense kernel on an in-cache layer over the FMA peak of the same probe: well below 0.9
+        # says a neighbour slows code that loads as it multiplies (the FMA probe does not see it).
+        per = "; ".join(f"{p['label']}: {p['kernel_over_fma_1t']:.0%} / {p['kernel_over_fma_2t']:.0%}"
+                        for p in probes if "kernel_over_fma_1t" in p)
+        out.append(f"| bnfold kernel on an in-cache layer, share of the FMA peak (1t / 2t) | {per} |")
     loads = "; ".join(f"{p['label']} ({p.get('utc', '?')[11:16]}): "
                       + (" ".join(f"{x:.2f}" for x in p["loadavg"]) if p.get("loadavg") else "?")
                       for p in probes)

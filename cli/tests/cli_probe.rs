@@ -28,6 +28,10 @@ fn probe_json_has_positive_finite_figures() {
         "read_gbs_1t",
         "read_gbs_2t",
         "read_2t_over_1t",
+        "kernel_gflops_1t",
+        "kernel_gflops_2t",
+        "kernel_over_fma_1t",
+        "kernel_over_fma_2t",
     ] {
         let x = v[key]
             .as_f64()
@@ -86,7 +90,7 @@ fn probe_text_names_the_figures() {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    for needle in ["kernel path", "GFLOP/s", "GB/s", "2t/1t"] {
+    for needle in ["kernel path", "GFLOP/s", "GB/s", "2t/1t", "of the FMA peak"] {
         assert!(text.contains(needle), "{needle} missing: {text}");
     }
     let out = bnfold().args(["probe", "--time-ms", "0"]).output().unwrap();

@@ -21,10 +21,19 @@
 //!
 //! A 2-thread peak about twice the 1-thread peak means two real cores; about equal means the two
 //! threads share one core (SMT siblings) or a neighbour is busy on the other.
+//!
+//! - Kernel rate: the dense kernel itself ([`DenseKernel::forward`]) on a layer that lives in
+//!   the caches ([`KERNEL_PROBE`]: 256 KiB of packed weights, 64 KiB of inputs), on a pool of
+//!   `threads`. Its ratio to the FMA peak is what the kernels can reach on this machine right
+//!   now: a neighbour that slows code which loads as it multiplies (shared caches or load ports)
+//!   leaves the register-only FMA probe at its peak but shows here (on the AVX2 machine of
+//!   `docs/PERFORMANCE.md`, a 1024 x 1024 layer at batch 256 ran at 94% of the FMA peak in a
+//!   quiet window and at 55-62% for twenty minutes while the FMA probe stayed at its peak).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use super::DenseKernel;
 use super::gemm::Family;
 use super::isa::{Isa, KernelChoice};
 use super::simd::{Simd, lanes};
@@ -40,6 +49,11 @@ pub const READ_STREAMS: usize = 8;
 
 /// Rounds every duration-based probe runs at least (after one calibration round).
 const MIN_ROUNDS: usize = 3;
+
+/// The layer of the kernel-rate probe: `(inputs, outputs, batch)`. 256 x 256 f32 weights (256
+/// KiB packed, within the L2 of every x86-64 server core of the last decade) at batch 64 (64 KiB
+/// of inputs): compute-bound, on the unpacked driver, split by features on two threads.
+pub const KERNEL_PROBE: (usize, usize, usize) = (256, 256, 64);
 
 /// The path `isa` runs on here: itself if supported, else the best supported one (as
 /// [`KernelChoice::Force`]). Every dispatch below goes through it.
@@ -293,6 +307,51 @@ pub fn read_bandwidth_gbs(isa: Isa, threads: usize, bytes: usize, duration: Dura
     }) / 1e9
 }
 
+/// Floating-point operations of one call of the kernel-rate probe's layer: `2 * inputs *
+/// outputs * batch` ([`KERNEL_PROBE`]).
+pub fn kernel_probe_flops() -> u64 {
+    let (k, n, batch) = KERNEL_PROBE;
+    2 * (k * n * batch) as u64
+}
+
+/// The rate of the dense kernel of `isa` (an unsupported path runs the best supported one) on
+/// [`KERNEL_PROBE`]'s layer, GFLOP/s, on a pool of `threads` threads (the kernel splits the layer
+/// between them as it does in a plan): the best round over about `duration` (at least three
+/// rounds after one calibration round), as the other probes.
+pub fn kernel_gflops(isa: Isa, threads: usize, duration: Duration) -> f64 {
+    let isa = resolve(isa);
+    let (k, n, batch) = KERNEL_PROBE;
+    // Small exact values (multiples of 1/64 in [-1/8, 1/8]): no overflow, no subnormals.
+    let value = |i: usize| ((i % 17) as f32 - 8.0) / 64.0;
+    let w: Vec<f32> = (0..k * n).map(value).collect();
+    let x: Vec<f32> = (0..batch * k).map(|i| value(i / 3)).collect();
+    let kern = DenseKernel::with_choice(k, n, &w, &vec![0.0; n], KernelChoice::Force(isa));
+    let mut y = vec![0.0f32; batch * n];
+    let pool = pool(threads);
+    let flops = kernel_probe_flops() as f64;
+    let mut round = |reps: usize| {
+        let t = Instant::now();
+        pool.install(|| {
+            for _ in 0..reps {
+                kern.forward(black_box(&x), batch, &mut y, &[]);
+            }
+        });
+        black_box(&y);
+        t.elapsed().as_secs_f64()
+    };
+    let first = round(1).max(1e-9);
+    let reps = ((duration.as_secs_f64() / 8.0 / first).ceil() as usize).clamp(1, 1 << 20);
+    let start = Instant::now();
+    let mut best = 0.0f64;
+    let mut rounds = 0;
+    while rounds < MIN_ROUNDS || start.elapsed() < duration {
+        let t = round(reps);
+        best = best.max(reps as f64 * flops / t.max(1e-9));
+        rounds += 1;
+    }
+    best / 1e9
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,6 +395,21 @@ mod tests {
                 // From a loaded single core of an old or emulated machine to a whole server socket.
                 assert!(
                     g.is_finite() && (0.05..100_000.0).contains(&g),
+                    "{isa} {threads}t: {g}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn kernel_rate_is_finite_positive_and_plausible() {
+        assert_eq!(kernel_probe_flops(), 2 * 256 * 256 * 64);
+        let short = Duration::from_millis(5);
+        for isa in Isa::supported() {
+            for threads in [1, 2] {
+                let g = kernel_gflops(isa, threads, short);
+                assert!(
+                    g.is_finite() && (0.01..100_000.0).contains(&g),
                     "{isa} {threads}t: {g}"
                 );
             }
