@@ -330,7 +330,7 @@ def reproduce(data, png_link, out):
                  "one was):\n")
     out.append("```sh")
     out.append("cargo build --release -p bnfold-cli")
-    out.append("target/release/bnfold probe        # FMA peak, read bandwidth, 2t/1t: check the machine first")
+    out.append("target/release/bnfold probe        # FMA peak, read bandwidth, kernel rate, 2t/1t: check the machine first")
     out.append("python3 -m venv /tmp/peers && /tmp/peers/bin/pip install -r benches/peers/requirements.txt")
     out.append(f"/tmp/peers/bin/python {cmd}")
     out.append("/tmp/peers/bin/python benches/peers/report.py peers.json \\")
