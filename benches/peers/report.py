@@ -220,9 +220,9 @@ def machine_section(data, out):
     if any("kernel_over_fma_1t" in p for p in probes):
         # The dense kernel on an in-cache layer over the FMA peak of the same probe: well below 0.9
         # says a neighbour slows code that loads as it multiplies (the FMA probe does not see it).
-        per = "; ".join(f"{p['label']}: {p['kernel_over_fma_1t']:.0%} / {p['kernel_over_fma_2t']:.0%}"
+        per = "; ".join(f"{p['label']}: {p['kernel_over_fma_1t']:.0%}"
                         for p in probes if "kernel_over_fma_1t" in p)
-        out.append(f"| bnfold kernel on an in-cache layer, share of the FMA peak (1t / 2t) | {per} |")
+        out.append(f"| bnfold kernel on an in-cache layer, 1 thread, share of the FMA peak | {per} |")
     loads = "; ".join(f"{p['label']} ({p.get('utc', '?')[11:16]}): "
                       + (" ".join(f"{x:.2f}" for x in p["loadavg"]) if p.get("loadavg") else "?")
                       for p in probes)

@@ -72,8 +72,8 @@ enum Command {
     },
     /// Measure latency (p50, p99) and throughput, folded and unfolded.
     Bench(bench::BenchArgs),
-    /// Measure this machine: FMA peak, read bandwidth and the kernel's rate on 1 and 2 threads, the
-    /// kernel path, the CPU and the load (beside which to read `bench` figures).
+    /// Measure this machine: FMA peak and read bandwidth on 1 and 2 threads, the kernel's own rate
+    /// on 1, the kernel path, the CPU and the load (beside which to read `bench` figures).
     Probe(probe::ProbeArgs),
     /// Serve models over HTTP (TensorFlow Serving's REST API), with dynamic batching and reload on
     /// SIGHUP.

@@ -19,8 +19,8 @@ pub struct ProbeArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
-    /// Measuring time of each of the six probes (FMA peak, read bandwidth and kernel rate, on 1
-    /// and 2 threads), milliseconds (1..=60000).
+    /// Measuring time of each of the five probes (FMA peak and read bandwidth on 1 and 2 threads,
+    /// the kernel's rate on 1), milliseconds (1..=60000).
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     time_ms: u64,
     /// Size of the buffer the bandwidth probe reads, MiB (1..=65536); several times the last-level
@@ -63,13 +63,9 @@ struct Report {
     read_2t_over_1t: f64,
     /// The dense kernel on an in-cache layer (`probe::KERNEL_PROBE`) on one thread, GFLOP/s.
     kernel_gflops_1t: f64,
-    /// The same on two threads.
-    kernel_gflops_2t: f64,
     /// `kernel_gflops_1t / fma_gflops_1t`: what the kernels reach of the FMA peak here, now
     /// (well below 0.9 on an AVX2 or AVX-512 path says the machine is disturbed).
     kernel_over_fma_1t: f64,
-    /// `kernel_gflops_2t / fma_gflops_2t`.
-    kernel_over_fma_2t: f64,
     /// The 1, 5 and 15-minute load averages from /proc/loadavg before the probes, where there is
     /// one.
     loadavg: Option<[f64; 3]>,
@@ -158,7 +154,6 @@ pub fn run(args: &ProbeArgs) -> CliResult {
     let read1 = probe::read_bandwidth_gbs(isa, 1, bytes, time);
     let read2 = probe::read_bandwidth_gbs(isa, 2, bytes, time);
     let kern1 = probe::kernel_gflops(isa, 1, time);
-    let kern2 = probe::kernel_gflops(isa, 2, time);
     let r = Report {
         cpu_model: cpu_model(),
         logical_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -188,9 +183,7 @@ pub fn run(args: &ProbeArgs) -> CliResult {
         read_gbs_2t: read2,
         read_2t_over_1t: read2 / read1,
         kernel_gflops_1t: kern1,
-        kernel_gflops_2t: kern2,
         kernel_over_fma_1t: kern1 / fma1,
-        kernel_over_fma_2t: kern2 / fma2,
         loadavg,
         unix_time,
     };
@@ -243,11 +236,9 @@ pub fn run(args: &ProbeArgs) -> CliResult {
     );
     let (k, n, batch) = probe::KERNEL_PROBE;
     outln!(
-        "kernel       {:.1} GFLOP/s on 1 thread ({:.0}% of the FMA peak), {:.1} on 2 ({:.0}%) ({k} x {n} layer at batch {batch}, in cache)",
+        "kernel       {:.1} GFLOP/s on 1 thread, {:.0}% of the FMA peak ({k} x {n} layer at batch {batch}, in cache)",
         kern1,
-        100.0 * r.kernel_over_fma_1t,
-        kern2,
-        100.0 * r.kernel_over_fma_2t
+        100.0 * r.kernel_over_fma_1t
     );
     match loadavg {
         Some([a, b, c]) => outln!("load average {a:.2} {b:.2} {c:.2} (before the probes)"),
