@@ -238,9 +238,7 @@ fn pool(threads: usize) -> rayon::ThreadPool {
 }
 
 /// The best rate, units per second, of rounds of `work(thread, reps)` run on every thread of
-/// `pool` at once, each call doing `reps` repetitions of `units` units. The first round (one
-/// repetition) warms up and calibrates `reps` so that a round takes about an eighth of
-/// `duration`; then rounds run until `duration` has passed, and at least [`MIN_ROUNDS`].
+/// `pool` at once, each call doing `reps` repetitions of `units` units ([`best_of_rounds`]).
 fn best_rate(
     pool: &rayon::ThreadPool,
     duration: Duration,
@@ -248,11 +246,18 @@ fn best_rate(
     work: impl Fn(usize, usize) + Sync,
 ) -> f64 {
     let threads = pool.current_num_threads();
-    let round = |reps: usize| {
+    best_of_rounds(duration, threads as f64 * units, |reps| {
         let t = Instant::now();
         pool.broadcast(|ctx| work(ctx.index(), reps));
         t.elapsed().as_secs_f64()
-    };
+    })
+}
+
+/// The best rate, units per second, of rounds timed by `round(reps)` (seconds for `reps`
+/// repetitions of `units` units): the first round (one repetition) warms up and calibrates `reps`
+/// so that a round takes about an eighth of `duration`; then rounds run until `duration` has
+/// passed, and at least [`MIN_ROUNDS`].
+fn best_of_rounds(duration: Duration, units: f64, mut round: impl FnMut(usize) -> f64) -> f64 {
     let first = round(1).max(1e-9);
     let reps = ((duration.as_secs_f64() / 8.0 / first).ceil() as usize).clamp(1, 1 << 20);
     let start = Instant::now();
@@ -260,7 +265,7 @@ fn best_rate(
     let mut rounds = 0;
     while rounds < MIN_ROUNDS || start.elapsed() < duration {
         let t = round(reps);
-        best = best.max(threads as f64 * reps as f64 * units / t.max(1e-9));
+        best = best.max(reps as f64 * units / t.max(1e-9));
         rounds += 1;
     }
     best
@@ -329,8 +334,7 @@ pub fn kernel_gflops(isa: Isa, threads: usize, duration: Duration) -> f64 {
     let kern = DenseKernel::with_choice(k, n, &w, &vec![0.0; n], KernelChoice::Force(isa));
     let mut y = vec![0.0f32; batch * n];
     let pool = pool(threads);
-    let flops = kernel_probe_flops() as f64;
-    let mut round = |reps: usize| {
+    best_of_rounds(duration, kernel_probe_flops() as f64, |reps| {
         let t = Instant::now();
         pool.install(|| {
             for _ in 0..reps {
@@ -339,18 +343,7 @@ pub fn kernel_gflops(isa: Isa, threads: usize, duration: Duration) -> f64 {
         });
         black_box(&y);
         t.elapsed().as_secs_f64()
-    };
-    let first = round(1).max(1e-9);
-    let reps = ((duration.as_secs_f64() / 8.0 / first).ceil() as usize).clamp(1, 1 << 20);
-    let start = Instant::now();
-    let mut best = 0.0f64;
-    let mut rounds = 0;
-    while rounds < MIN_ROUNDS || start.elapsed() < duration {
-        let t = round(reps);
-        best = best.max(reps as f64 * flops / t.max(1e-9));
-        rounds += 1;
-    }
-    best / 1e9
+    }) / 1e9
 }
 
 #[cfg(test)]
