@@ -25,9 +25,10 @@
 //! - Kernel rate: the dense kernel itself ([`DenseKernel::forward`]) on a layer that lives in
 //!   the caches ([`KERNEL_PROBE`]: 256 KiB of packed weights, 64 KiB of inputs), on a pool of
 //!   `threads` (`bnfold probe` reports one thread: on two, rayon's hand-off and the second
-//!   vCPU's comings and goings make the figure vary more than the machine's state does). Its ratio to the FMA peak is what the kernels can reach on this machine right
-//!   now: a neighbour that slows code which loads as it multiplies (shared caches or load ports)
-//!   leaves the register-only FMA probe at its peak but shows here (on the AVX2 machine of
+//!   vCPU's comings and goings make the figure vary more than the machine's state does). Its
+//!   ratio to the FMA peak is what the kernels can reach on this machine right now: a neighbour
+//!   that slows code which loads as it multiplies (shared caches or load ports) leaves the
+//!   register-only FMA probe at its peak but shows here (on the AVX2 machine of
 //!   `docs/PERFORMANCE.md`, a 1024 x 1024 layer at batch 256 ran at 94% of the FMA peak in a
 //!   quiet window and at 55-62% for twenty minutes while the FMA probe stayed at its peak).
 
