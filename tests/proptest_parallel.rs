@@ -12,8 +12,35 @@
 
 use bnfold::kernels::PARALLEL_MIN_MACS;
 use bnfold::synth::{Layer, Stats};
-use bnfold::{Activation, DType, Model, Options, VerifyOptions};
+use bnfold::{Activation, DType, Model, Options, Plan, VerifyOptions};
 use proptest::prelude::*;
+
+/// A rayon pool of `threads` threads of its own.
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+}
+
+/// The seeded network of `layers` over `input` features stored as `dtype`, and `batch` rows of
+/// input for it.
+fn model_and_input(
+    input: usize,
+    layers: &[Layer],
+    batch: usize,
+    dtype: DType,
+    seed: u64,
+) -> (Model, Vec<f32>) {
+    let bytes = bnfold::synth::network(input, layers, seed, dtype, Stats::default()).unwrap();
+    let model = Model::from_bytes(&bytes).unwrap();
+    (model, bnfold::synth::input(batch, input, 2.0, seed))
+}
+
+/// `plan` on `batch` rows of `x`, in `pool`.
+fn run_in(pool: &rayon::ThreadPool, plan: &Plan, x: &[f32], batch: usize) -> Vec<f32> {
+    pool.install(|| plan.session().run(x, batch).unwrap().to_vec())
+}
 
 /// Any activation but softmax (which may only end a network).
 fn elementwise_activation() -> impl Strategy<Value = Activation> {
@@ -108,19 +135,16 @@ proptest! {
     fn narrow_plans_split_by_rows_give_the_same_bits(
         (input, layers, batch, dtype, seed) in narrow_net()
     ) {
-        let bytes = bnfold::synth::network(input, &layers, seed, dtype, Stats::default()).unwrap();
-        let model = Model::from_bytes(&bytes).unwrap();
-        let x = bnfold::synth::input(batch, input, 2.0, seed);
-        let pool = |n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
+        let (model, x) = model_and_input(input, &layers, batch, dtype, seed);
         for opts in [Options::folded(), Options::unfolded()] {
             let plan = model.compile(&opts).unwrap();
-            let y1 = pool(1).install(|| plan.session().run(&x, batch).unwrap().to_vec());
+            let y1 = run_in(&pool(1), &plan, &x, batch);
             prop_assert_eq!(y1.len(), batch * plan.output_features());
             for n in [2, 3] {
                 let p = pool(n);
                 // The split this property is about is taken.
                 prop_assert!(p.install(|| plan.rows_per_part(batch)).is_some());
-                let y = p.install(|| plan.session().run(&x, batch).unwrap().to_vec());
+                let y = run_in(&p, &plan, &x, batch);
                 prop_assert!(
                     y1.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
                     "{:?} {layers:?} batch {batch}: 1 and {n} threads differ", opts.mode
@@ -133,15 +157,12 @@ proptest! {
     fn parallel_plans_give_the_same_bits_and_pass_verify(
         (input, layers, batch, dtype, seed) in net()
     ) {
-        let bytes = bnfold::synth::network(input, &layers, seed, dtype, Stats::default()).unwrap();
-        let model = Model::from_bytes(&bytes).unwrap();
-        let x = bnfold::synth::input(batch, input, 2.0, seed);
-        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        let two = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let (model, x) = model_and_input(input, &layers, batch, dtype, seed);
+        let (one, two) = (pool(1), pool(2));
         for opts in [Options::folded(), Options::unfolded()] {
             let plan = model.compile(&opts).unwrap();
-            let y1 = one.install(|| plan.session().run(&x, batch).unwrap().to_vec());
-            let y2 = two.install(|| plan.session().run(&x, batch).unwrap().to_vec());
+            let y1 = run_in(&one, &plan, &x, batch);
+            let y2 = run_in(&two, &plan, &x, batch);
             prop_assert!(
                 y1.iter().zip(&y2).all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{:?} {layers:?} batch {batch}: 1 and 2 threads differ", opts.mode
