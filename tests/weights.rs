@@ -2,7 +2,7 @@
 //! f16 or bf16 (correctly, ties to even), a folded weight beyond f16's range is a load error
 //! naming the layer and the feature, and `verify`'s tolerance follows the weights' rounding.
 
-use bnfold::fold::round_to;
+use bnfold::fold::{round_slice, round_to};
 use bnfold::synth::{Layer as L, Rng, Stats};
 use bnfold::{Activation, DType, Error, LayerError, Model, Options, VerifyOptions};
 use half::{bf16, f16};
@@ -72,12 +72,86 @@ fn weights_round_once_to_the_nearest_half_precision_value() {
             let hair = mid * 2f64.powi(-40) + f64::MIN_POSITIVE;
             cases.extend([mid, mid + hair, mid - hair, -mid, -(mid + hair)]);
         }
-        for v in cases {
-            let got = f64::from(round_to(dtype, v));
+        // One value at a time, and the whole set as one slice (the plan compile's path).
+        let mut sliced = vec![0f32; cases.len()];
+        round_slice(dtype, &cases, &mut sliced);
+        for (&v, &s) in cases.iter().zip(&sliced) {
             let want = nearest(&g, v);
+            for (how, got) in [("round_to", round_to(dtype, v)), ("round_slice", s)] {
+                let got = f64::from(got);
+                assert!(
+                    got == want || (got == 0.0 && want == 0.0),
+                    "{dtype}, {how}: {v:e} rounded to {got:e}, the nearest (ties to even) is \
+                     {want:e}"
+                );
+            }
+        }
+    }
+}
+
+/// `round_slice` (vectorised, with a fast path for f32's normal range) gives the bits of
+/// `round_to` for every kind of f64: both sides of each edge of f32's normal range, of f16's and
+/// bf16's largest finite values and of their ties to infinity, zeros, subnormals of all three
+/// types, infinities, NaN, and random bit patterns (which are mostly far outside every range).
+#[test]
+fn round_slice_gives_the_bits_of_round_to() {
+    let f32_min = f64::from(f32::MIN_POSITIVE);
+    let mut cases: Vec<f64> = vec![
+        0.0,
+        -0.0,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+        -f64::NAN,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+        5e-324,
+        2f64.powi(128),
+        f64::from(f32::MAX),
+        f64::from(f32::MAX) * (1.0 + 2f64.powi(-25)),
+        f32_min,
+        f32_min / 2.0,
+        f32_min * (1.0 - 2f64.powi(-40)),
+        2f64.powi(-149),
+        2f64.powi(-150),
+        2f64.powi(-133),
+        2f64.powi(-24),
+        2f64.powi(-25),
+        2f64.powi(-25) * (1.0 + 2f64.powi(-30)),
+        65504.0,
+        65519.99,
+        65520.0,
+        65520.0 * (1.0 + 2f64.powi(-40)),
+        f64::from(bf16::MAX),
+        f64::from(bf16::MAX) * (1.0 + 2f64.powi(-9)),
+        f64::from(bf16::MAX) * (1.0 + 2f64.powi(-9) - 2f64.powi(-40)),
+    ];
+    // Neighbours of each edge, a few f64 ulps either side.
+    for e in cases.clone() {
+        if e.is_finite() && e > 0.0 {
+            for d in 1..4u64 {
+                cases.push(f64::from_bits(e.to_bits() + d));
+                cases.push(f64::from_bits(e.to_bits() - d));
+            }
+        }
+    }
+    let mut rng = Rng::new(12);
+    for _ in 0..20_000 {
+        cases.push(f64::from_bits(rng.next_u64()));
+        // Values of weight-like magnitude with random low bits (ties and near-ties).
+        let m = f64::from(rng.unit()) * 8.0 - 4.0;
+        cases.push(f64::from_bits(m.to_bits() ^ (rng.next_u64() & 0xfff_ffff)));
+    }
+    cases.extend(cases.clone().iter().map(|v| -v));
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let mut got = vec![0f32; cases.len()];
+        round_slice(dtype, &cases, &mut got);
+        for (&v, &g) in cases.iter().zip(&got) {
+            let want = round_to(dtype, v);
             assert!(
-                got == want || (got == 0.0 && want == 0.0),
-                "{dtype}: {v:e} rounded to {got:e}, the nearest (ties to even) is {want:e}"
+                g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                "{dtype}: {v:e} ({:#x}): round_slice {g:e}, round_to {want:e}",
+                v.to_bits()
             );
         }
     }
