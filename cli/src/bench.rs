@@ -39,10 +39,76 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Measure loading instead of inference: from the path to a ready folded plan (map, checksum
+    /// and validate; fold and pack), beside the time to read the file's bytes, with the peak
+    /// resident memory of the process (Linux).
+    #[arg(long, conflicts_with_all = ["batch", "pool", "folded_only", "unfolded_only", "time_ms", "max_memory_mib"])]
+    load: bool,
+    /// Loads to measure with --load (1..=1000); the peak memory is that of one load.
+    #[arg(long, default_value_t = 3, requires = "load",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    rounds: u32,
+}
+
+/// `bnfold bench --load`: print each round and the medians, or JSON.
+fn run_load(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let kernel = crate::kernel_choice(&args.kernel);
+    let rounds =
+        bnfold_cli::measure::measure_load(&args.file, kernel, args.weights, args.rounds as usize)
+            .map_err(|e| format!("{}: {e}", args.file.display()))?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&rounds)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mb = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.1}", b as f64 / 1e6));
+    outln!(
+        "{:>5} {:>10} {:>10} {:>12} {:>10} {:>14}",
+        "round",
+        "read ms",
+        "load ms",
+        "compile ms",
+        "total ms",
+        "peak RSS MB"
+    );
+    for r in &rounds {
+        outln!(
+            "{:>5} {:>10.1} {:>10.1} {:>12.1} {:>10.1} {:>14}",
+            r.round,
+            r.read_ms,
+            r.load_ms,
+            r.compile_ms,
+            r.total_ms,
+            mb(r.peak_rss_bytes)
+        );
+    }
+    let median = |f: fn(&bnfold_cli::measure::LoadMeasurement) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    // `rounds` holds at least one measurement: --rounds is at least 1.
+    let first = &rounds[0];
+    outln!(
+        "{} ({:.1} MB), kernel {}, {} weights ({:.1} MB packed): median {:.1} ms from path to plan, \
+         {:.1} ms to read the file; peak resident {} MB ({} MB before loading)",
+        args.file.display(),
+        first.file_bytes as f64 / 1e6,
+        first.kernel,
+        first.weights,
+        first.plan_weight_bytes as f64 / 1e6,
+        median(|r| r.total_ms),
+        median(|r| r.read_ms),
+        mb(first.peak_rss_bytes),
+        mb(first.base_rss_bytes)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `bnfold bench`: measure with `bnfold::bench` and print a table or JSON.
 pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if args.load {
+        return run_load(args);
+    }
     let kernel = crate::kernel_choice(&args.kernel);
     let modes = match (args.folded_only, args.unfolded_only) {
         (true, _) => vec![bnfold::Mode::Folded],

@@ -173,6 +173,107 @@ pub fn measure(model: &Model, cfg: &Config) -> Result<Vec<Measurement>, BenchErr
     Ok(out)
 }
 
+/// One load of a weight file, from its path to a ready plan, beside the floor: reading the file's
+/// bytes.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadMeasurement {
+    /// Round, from 0. Round 0 may find the file outside the page cache; later rounds read it from
+    /// memory.
+    pub round: usize,
+    /// Size of the file.
+    pub file_bytes: u64,
+    /// Reading the whole file through a 1 MiB buffer, milliseconds: the floor under any load.
+    pub read_ms: f64,
+    /// `Model::load`: map, checksum, validate, milliseconds.
+    pub load_ms: f64,
+    /// `Model::compile` of the folded plan: fold in f64, round, pack, milliseconds.
+    pub compile_ms: f64,
+    /// `load_ms + compile_ms`: path to a ready plan.
+    pub total_ms: f64,
+    /// Kernel path of the plan.
+    pub kernel: &'static str,
+    /// Precision of the packed dense weights.
+    pub weights: &'static str,
+    /// Bytes the plan's packed dense weights hold (`Plan::weight_bytes`).
+    pub plan_weight_bytes: usize,
+    /// Resident set of this process before its first load (the binary, its libraries and heap),
+    /// bytes; `None` where the OS does not say (Linux's `/proc/self/status` only).
+    pub base_rss_bytes: Option<u64>,
+    /// Peak resident set of this process so far (Linux's `VmHWM`), bytes. After round 0 it is
+    /// the peak of one load (each round drops its model and plan before the next, so later
+    /// rounds do not raise it unless memory is not returned).
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// A `kB` field (`VmRSS`, `VmHWM`) of `/proc/self/status`, in bytes; `None` elsewhere than Linux
+/// or if the field is missing.
+fn proc_status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: u64 = line[field.len()..]
+        .trim_start_matches(':')
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    kb.checked_mul(1024)
+}
+
+/// Load `path` and compile its folded plan `rounds` times, each after reading the file's bytes
+/// once (the floor), with the kernel path and weight precision given.
+pub fn measure_load(
+    path: &std::path::Path,
+    kernel: KernelChoice,
+    weights: bnfold::DType,
+    rounds: usize,
+) -> Result<Vec<LoadMeasurement>, BenchError> {
+    use std::io::Read;
+    let base_rss_bytes = proc_status_bytes("VmRSS");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut out = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let io = |source| bnfold::Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let t = Instant::now();
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let mut file_bytes = 0u64;
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => file_bytes += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e).into()),
+            }
+        }
+        let read_ms = t.elapsed().as_secs_f64() * 1e3;
+        drop(file);
+
+        let t = Instant::now();
+        let model = Model::load(path)?;
+        let load_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        let plan = model.compile(&Options::folded().with_kernel(kernel).with_weights(weights))?;
+        let compile_ms = t.elapsed().as_secs_f64() * 1e3;
+        out.push(LoadMeasurement {
+            round,
+            file_bytes,
+            read_ms,
+            load_ms,
+            compile_ms,
+            total_ms: load_ms + compile_ms,
+            kernel: plan.kernel_isa().name(),
+            weights: weights.name(),
+            plan_weight_bytes: plan.weight_bytes(),
+            base_rss_bytes,
+            peak_rss_bytes: proc_status_bytes("VmHWM"),
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -111,3 +111,76 @@ fn bench_table_and_bad_kernel_name() {
         assert!(err.contains(isa.name()), "{isa} missing from: {err}");
     }
 }
+
+/// `bench --load`: one record per round, the phases adding up to the total, the file's size, the
+/// plan's packed bytes (halved by f16 weights), and on Linux a peak resident set above the start;
+/// a table without `--json`; `--rounds` needs `--load`, and `--load` takes no batch sizes.
+#[test]
+fn bench_load_measures_each_round_from_path_to_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = model_file(&dir);
+    let size = std::fs::metadata(&file).unwrap().len();
+    let mut packed = Vec::new();
+    for weights in ["f32", "f16"] {
+        let v = json_of(
+            bnfold()
+                .args([
+                    "bench",
+                    "--load",
+                    "--rounds",
+                    "2",
+                    "--weights",
+                    weights,
+                    "--json",
+                ])
+                .arg(&file),
+        );
+        let rounds = v.as_array().unwrap();
+        assert_eq!(rounds.len(), 2);
+        for (i, r) in rounds.iter().enumerate() {
+            assert_eq!(r["round"].as_u64(), Some(i as u64));
+            assert_eq!(r["file_bytes"].as_u64(), Some(size));
+            assert_eq!(r["weights"], weights);
+            let (load, compile, total) = (
+                r["load_ms"].as_f64().unwrap(),
+                r["compile_ms"].as_f64().unwrap(),
+                r["total_ms"].as_f64().unwrap(),
+            );
+            assert!(load > 0.0 && compile > 0.0, "{r}");
+            assert!((total - (load + compile)).abs() <= 1e-9 * total, "{r}");
+            if cfg!(target_os = "linux") {
+                let base = r["base_rss_bytes"].as_u64().unwrap();
+                let peak = r["peak_rss_bytes"].as_u64().unwrap();
+                assert!(base > 0 && peak >= base, "{r}");
+            }
+        }
+        packed.push(rounds[0]["plan_weight_bytes"].as_u64().unwrap());
+    }
+    // f16 panels hold half the bytes of f32 ones; the biases stay f32 in both (so: more than half).
+    assert!(
+        packed[1] < packed[0] && 2 * packed[1] > packed[0],
+        "{packed:?}"
+    );
+
+    let out = bnfold()
+        .args(["bench", "--load", "--rounds", "1"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("compile ms") && text.contains("from path to plan"),
+        "{text}"
+    );
+
+    for bad in [&["--rounds", "2"][..], &["--load", "--batch", "8"]] {
+        let out = bnfold().arg("bench").args(bad).arg(&file).output().unwrap();
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            err.contains("cannot be used with") || err.contains("required"),
+            "{err}"
+        );
+    }
+}
