@@ -21,7 +21,11 @@ classifier shape and the 4096 -> 4x(4096, BN, act) -> 4096 memory-bound shape), 
    weight bandwidth (bytes of f32 dense weights and biases per call / median time) as a fraction
    of the median measured read bandwidth for the thread count;
 7. measures the cost of one ORT call from Python on an Identity graph (the floor under every ORT
-   batch-1 figure).
+   batch-1 figure);
+8. measures loading on the relu networks (`--load-rounds`, each runtime in a fresh process): bnfold
+   from the path to a ready folded plan (`bnfold bench --load`, f32 weights, and f16 and bf16 on the
+   wide shape) beside the time to read the file's bytes, and ORT's session creation on both graphs,
+   with each process's resident set before loading and its peak (Linux).
 
 Prints a Markdown table and writes everything as JSON (`--json-out`); `benches/peers/report.py`
 turns that JSON into the tables, the targets, the machine section and the throughput plot of
@@ -271,6 +275,55 @@ def time_bnfold(bnfold, path, batch, threads, min_time):
     return {r["mode"]: (r["p50_us"], r["p99_us"], r["kernel"]) for r in rows}
 
 
+# Creating an ORT session in a fresh Python process, as `bnfold bench --load` loads in a fresh
+# process: same session options as `ort_session`; the resident set before the first session
+# (Python, numpy and ORT's libraries) and the peak after each (Linux's VmRSS and VmHWM).
+ORT_LOAD = r"""
+import json, sys, time
+import onnxruntime as ort
+
+def status(field):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+
+path, rounds, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+base = status("VmRSS")
+out = []
+for r in range(rounds):
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    t = time.perf_counter()
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    out.append({"round": r, "total_ms": (time.perf_counter() - t) * 1e3,
+                "peak_rss_bytes": status("VmHWM"), "base_rss_bytes": base})
+    del sess
+print(json.dumps(out))
+"""
+
+
+def time_load(bnfold, bnw, graphs, rounds, weights):
+    """Load times and peaks: `bnfold bench --load` for each precision in `weights`, then ORT's
+    session creation for each (label, path) of `graphs`, each in a fresh process."""
+    out = {}
+    for w in weights:
+        res = subprocess.run([bnfold, "bench", bnw, "--load", "--rounds", str(rounds), "--weights", w, "--json"],
+                             check=True, capture_output=True, text=True).stdout
+        out["bnfold_" + w] = json.loads(res)
+    for label, path in graphs:
+        res = subprocess.run([sys.executable, "-c", ORT_LOAD, path, str(rounds), "1"],
+                             check=True, capture_output=True, text=True).stdout
+        out[label] = json.loads(res)
+    return out
+
+
 def identity_floor(tmp):
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])], "id",
@@ -375,6 +428,8 @@ def main():
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--min-time", type=float, default=0.5, help="seconds per configuration and runtime")
+    ap.add_argument("--load-rounds", type=int, default=3,
+                    help="loads per runtime and network (relu networks; 0: none): bnfold's path to plan, ORT's session")
     ap.add_argument("--probe-ms", type=int, default=250, help="`bnfold probe --time-ms` (each of its four probes)")
     ap.add_argument("--probe-read-mib", type=int, default=256, help="`bnfold probe --read-mib`")
     args = ap.parse_args()
@@ -389,7 +444,7 @@ def main():
         "machine": machine(), "bnfold_version": version, "git_commit": commit, "git_dirty": dirty,
         "command": sys.argv, "args": vars(args),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "networks": {}, "probes": [], "runs": [],
+        "networks": {}, "probes": [], "runs": [], "loads": [],
     }
 
     def take_probe(label):
@@ -441,6 +496,16 @@ def main():
                 print(f"{name}: normwise error vs f64 {errs}", file=sys.stderr)
                 if worst > 1e-4:
                     sys.exit(f"{name}: outputs disagree (worst normwise {worst:e})")
+
+                # Loading (the activation does not change it: the relu networks only).
+                if act == "relu" and args.load_rounds > 0:
+                    load = time_load(args.bnfold, bnw, (("ort_bn", bn_onnx), ("ort_folded", folded_onnx)),
+                                     args.load_rounds, ["f32", "f16", "bf16"] if shape == "wide" else ["f32"])
+                    entry = {"network": name, "file_bytes": os.path.getsize(bnw),
+                             "onnx_bytes": os.path.getsize(bn_onnx), "measurements": load}
+                    results["loads"].append(entry)
+                    print(json.dumps({k: [round(r["total_ms"], 1) for r in v] for k, v in load.items()}),
+                          file=sys.stderr)
 
                 for t in threads:
                     sess_bn, sess_f = ort_session(bn_onnx, t), ort_session(folded_onnx, t)

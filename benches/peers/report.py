@@ -277,10 +277,66 @@ def network_tables(data, out):
         out.append("")
 
 
+LOAD_LABELS = {"bnfold_f32": "bnfold, f32 weights", "bnfold_f16": "bnfold, f16 weights",
+               "bnfold_bf16": "bnfold, bf16 weights", "ort_bn": "ORT, BN graph", "ort_folded": "ORT, pre-folded graph"}
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else None
+
+
+def load_summary(rounds):
+    """Median and first-round time, peak and base resident set of one runtime's loads."""
+    first = rounds[0]
+    return {"median_ms": median([r["total_ms"] for r in rounds]), "first_ms": first["total_ms"],
+            "peak": first.get("peak_rss_bytes"), "base": first.get("base_rss_bytes"),
+            "read_ms": median([r["read_ms"] for r in rounds if "read_ms" in r]),
+            "packed": first.get("plan_weight_bytes")}
+
+
+def load_tables(data, out):
+    loads = data.get("loads") or []
+    if not loads:
+        return
+    out.append("## Loading\n")
+    out.append("From the path to a ready plan: bnfold's `Model::load` (map, checksum, validate) and "
+               "`Model::compile` (fold in f64, round, pack) in `bnfold bench --load`, ORT's "
+               "`InferenceSession` (ORT_ENABLE_ALL, one thread) from Python; each runtime in a fresh "
+               "process, its rounds one after another (round 0 may be slower: the first touch of "
+               "fresh memory), the file in the page cache after round 0. *Floor*: reading the "
+               ".bnw file's bytes through a 1 MiB buffer (median over bnfold's rounds). Peak: the "
+               "process's peak resident set after its first load (Linux's VmHWM), and above the "
+               "resident set it had before loading (Python and ORT's libraries for ORT, the binary "
+               "for bnfold). *x packed*: bnfold's peak over its plan's packed weights (meaningful where "
+               "the weights outweigh the binary: the wide shape).\n")
+    out.append("| network | runtime | median | round 0 | floor | peak | above the start | x packed | vs best ORT |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for entry in loads:
+        m = entry["measurements"]
+        sums = {k: load_summary(v) for k, v in m.items() if v}
+        ort_best = min((sums[k]["median_ms"] for k in ("ort_bn", "ort_folded") if k in sums), default=None)
+        for key, label in LOAD_LABELS.items():
+            if key not in sums:
+                continue
+            x = sums[key]
+            mb = lambda b: "-" if b is None else f"{b / 1e6:.1f} MB"  # noqa: E731
+            above = None if x["peak"] is None or x["base"] is None else x["peak"] - x["base"]
+            packed = f"{x['peak'] / x['packed']:.2f}x" if x["packed"] and x["peak"] else ""
+            ms = lambda v: f"{v:.3g} ms"  # noqa: E731
+            vs = f"{ort_best / x['median_ms']:.2f}x" if key.startswith("bnfold") and ort_best else ""
+            floor = ms(x["read_ms"]) if x["read_ms"] is not None else ""
+            out.append(f"| {entry['network']} | {label} | {ms(x['median_ms'])} | {ms(x['first_ms'])} | "
+                       f"{floor} | {mb(x['peak'])} | {mb(above)} | {packed} | {vs} |")
+    out.append("")
+
+
 def targets(data, noise, out):
     runs = data["runs"]
 
     def where(r):
+        if "batch" not in r:  # a load
+            return f"{r['network']}, {LOAD_LABELS.get(r['key'], r['key'])}"
         return f"{r['network']} batch {r['batch']}, {r['threads']}t"
 
     rows = []
@@ -303,6 +359,21 @@ def targets(data, noise, out):
     target(f"folded never slower than unfolded beyond noise (folded <= {1 + noise:.2f} x unfolded)", runs,
            lambda r: r["bnfold_folded_us"] <= (1 + noise) * r["bnfold_unfolded_us"],
            lambda r: f"folded / unfolded {r['bnfold_folded_us'] / r['bnfold_unfolded_us']:.2f}")
+    # Loading, on the issue's subject: the 4096-wide network (relu; the activation does not matter).
+    for entry in data.get("loads") or []:
+        if not entry["network"].startswith("wide"):
+            continue
+        m = entry["measurements"]
+        sums = {k: load_summary(v) for k, v in m.items() if v}
+        ort_best = min((sums[k]["median_ms"] for k in ("ort_bn", "ort_folded") if k in sums), default=None)
+        mine = [dict(sums[k], key=k, network=entry["network"]) for k in sums if k.startswith("bnfold")]
+        if ort_best is not None:
+            target(f"loading {entry['network']}: bnfold's median from path to plan <= ORT's best session creation",
+                   mine, lambda x: x["median_ms"] <= ort_best,
+                   lambda x: f"{x['median_ms']:.0f} ms vs {ort_best:.0f} ms")
+        target(f"loading {entry['network']}: bnfold's peak resident <= 1.3x its packed weights",
+               [x for x in mine if x["peak"] and x["packed"]], lambda x: x["peak"] <= 1.3 * x["packed"],
+               lambda x: f"{x['peak'] / x['packed']:.2f}x")
     out.append("## Targets\n")
     out.append("Ratios are ORT's median over bnfold folded's (the better of ORT's two graphs); every "
                "configuration that misses is listed.\n")
@@ -347,6 +418,7 @@ def markdown(data, noise, png_link):
     out = [f"![Throughput against batch size, per network]({png_link})\n"]
     machine_section(data, out)
     network_tables(data, out)
+    load_tables(data, out)
     targets(data, noise, out)
     reproduce(data, png_link, out)
     return "\n".join(out) + "\n"
