@@ -12,8 +12,9 @@ Writes:
   blocking where the probe reports them, FMA peaks and read bandwidths on 1 and 2 threads, their
   2t/1t ratios, load averages at every probe, dates, software), one table per network (median
   latencies, ratio to the better ORT graph, rows/s, GFLOP/s, fraction of the FMA peak and, at
-  batch 1 and 8, of the read bandwidth), the targets with every configuration that misses one,
-  and the commands to reproduce.
+  batch 1 and 8, of the read bandwidth), the loading table (`--load-rounds`: time from the file to
+  a ready plan or session, the read floor, peak resident memory), the targets with every
+  configuration that misses one, and the commands to reproduce.
 
     /tmp/peers/bin/python benches/peers/report.py /tmp/peers.json \\
         --png docs/benchmarks/throughput.png --md /tmp/benchmarks.md
