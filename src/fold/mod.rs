@@ -217,12 +217,12 @@ pub fn round_to(dtype: DType, v: f64) -> f32 {
 /// Each value of `src` rounded as [`round_to`] rounds it, into `dst`: the same bits, faster. Used
 /// where a plan is compiled, once per weight of the model.
 ///
-/// The f16 and bf16 cases run as straight-line passes the compiler vectorises: f32's normal
-/// range first ([`odd_in_normal_range`], with the values outside it counted), then the round to
-/// nearest even, f16's through `half`'s slice conversions (F16C, eight lanes per instruction,
-/// where the CPU has it) and bf16's as integer arithmetic ([`bf16_nearest`]); only a slice that
-/// holds a value outside f32's normal range (zeros, subnormals, overflow, NaN) takes a second pass
-/// that rounds those values by [`round_to`].
+/// The f16 and bf16 cases run as straight-line passes the compiler vectorises: round-to-odd to
+/// f32 first, by a cut of the f64 significand inside f32's normal range (the values outside it
+/// counted), then the round to nearest even, f16's through `half`'s slice conversions (F16C,
+/// eight lanes per instruction, where the CPU has it) and bf16's as integer arithmetic; only a
+/// slice that holds a value outside f32's normal range (zeros, subnormals, overflow, NaN) takes a
+/// second pass that rounds those values by [`round_to`].
 ///
 /// # Panics
 ///
