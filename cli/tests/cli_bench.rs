@@ -14,6 +14,17 @@ fn bnfold() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bnfold"))
 }
 
+/// Run `bnfold bench ARGS FILE` (a table, no `--json`), assert it succeeded, and return its output.
+fn table_of(args: &[&str], file: &std::path::Path) -> String {
+    let out = bnfold().arg("bench").args(args).arg(file).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Run `cmd` (a `bnfold bench ... --json` command), assert it succeeded, and parse its output.
 fn json_of(cmd: &mut Command) -> serde_json::Value {
     let out = cmd.output().unwrap();
@@ -86,13 +97,7 @@ fn kernel_environment_variable_forces_the_portable_path() {
 fn bench_table_and_bad_kernel_name() {
     let dir = tempfile::tempdir().unwrap();
     let file = model_file(&dir);
-    let out = bnfold()
-        .args(["bench", "--batch", "1", "--time-ms", "1"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = table_of(&["--batch", "1", "--time-ms", "1"], &file);
     assert!(
         text.contains("p50 us") && text.contains("unfolded"),
         "{text}"
@@ -162,13 +167,7 @@ fn bench_load_measures_each_round_from_path_to_plan() {
         "{packed:?}"
     );
 
-    let out = bnfold()
-        .args(["bench", "--load", "--rounds", "1"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = table_of(&["--load", "--rounds", "1"], &file);
     assert!(
         text.contains("compile ms") && text.contains("from path to plan"),
         "{text}"
