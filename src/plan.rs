@@ -165,9 +165,12 @@ impl Plan {
     /// Compile `model`: lower it for `options.mode` (see [`crate::fold::lower`]) and pack each
     /// dense layer's weights for the kernel path `options.kernel` resolves to, stored as
     /// `options.weights` (f32, f16 or bf16 panels, widened in registers). Each dense layer is
-    /// packed row by row as it is folded ([`DenseKernel::builder`]): no f32 copy of a whole layer
-    /// is made, and the file's pages of the rows already packed are let go as the layer is read,
-    /// so compiling a large network holds little more than the plan.
+    /// packed a block of rows at a time as it is folded ([`DenseKernel::builder`]): no f32 copy
+    /// of a whole layer is made, and the file's pages of the rows already packed are let go as
+    /// the layer is read, so compiling a large network holds little more than the plan. Blocks of
+    /// large layers (2 MiB of f32 weights, at least [`crate::kernels::PARALLEL_MIN_MACS`]
+    /// weights) are folded and packed on the current rayon pool; the packed bytes do not depend
+    /// on the pool. A model whose layers are all smaller never asks rayon anything.
     ///
     /// [`Model::compile`] is the usual way to call this.
     pub fn compile(model: &Model, options: &Options) -> Result<Plan> {
@@ -411,6 +414,9 @@ impl Plan {
 impl RowSink for DenseBuilder {
     fn push_row(&mut self, weights: &[f32], bias: f32) {
         DenseBuilder::push_row(self, weights, bias);
+    }
+    fn push_rows(&mut self, weights: &[f32], biases: &[f32]) {
+        DenseBuilder::push_rows(self, weights, biases);
     }
 }
 

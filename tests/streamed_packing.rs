@@ -388,3 +388,132 @@ fn a_kernel_built_row_by_row_packs_like_one_built_at_once() {
         }
     }
 }
+
+/// A pool of `threads` threads.
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+}
+
+/// Layers large enough that their blocks of rows fold and pack on the pool (blocks of at least
+/// `PARALLEL_MIN_MACS` weights; the last block of each layer smaller, so on the calling thread):
+/// the lowering's values and every kernel's packed bytes are the same on a pool of 1 and of 3
+/// threads, and the same as packing the whole folded layer at once, on every supported path.
+#[test]
+fn large_layers_fold_and_pack_the_same_bits_on_every_pool() {
+    use bnfold::fold::Lowered;
+    use bnfold::kernels::{DenseKernel, KernelChoice, PARALLEL_MIN_MACS};
+    let layers = [
+        L::Dense(1100),
+        L::Bn,
+        L::Act(Activation::Relu),
+        L::Dense(1000),
+        L::Bn,
+    ];
+    // Each layer holds at least two blocks' worth: a full block goes to the pool.
+    const { assert!(1024 * 1100 >= 2 * PARALLEL_MIN_MACS && 1100 * 1000 >= 2 * PARALLEL_MIN_MACS) };
+    let model =
+        Model::from_bytes(&network(1024, &layers, 9, DType::F32, Stats::default())).unwrap();
+    let (one, three) = (pool(1), pool(3));
+    let mut opts_all: Vec<(&str, Options)> = [DType::F32, DType::F16, DType::BF16]
+        .into_iter()
+        .map(|w| ("folded", Options::folded().with_weights(w)))
+        .collect();
+    opts_all.push(("unfolded", Options::unfolded()));
+    for (mode, opts) in opts_all {
+        // The lowering's values: bit for bit the same on both pools.
+        let lowered_on = |p: &rayon::ThreadPool| p.install(|| lowered(&model, &opts)).unwrap();
+        let (a, b) = (lowered_on(&one), lowered_on(&three));
+        let dense = |steps: &[LoweredStep]| -> Vec<(Vec<u32>, Vec<u32>, usize, usize)> {
+            steps
+                .iter()
+                .filter_map(|s| match &s.op {
+                    Lowered::Dense(d) => Some((
+                        d.weight.iter().map(|v| v.to_bits()).collect(),
+                        d.bias.iter().map(|v| v.to_bits()).collect(),
+                        d.inputs,
+                        d.outputs,
+                    )),
+                    _ => None,
+                })
+                .collect()
+        };
+        let (da, db) = (dense(&a), dense(&b));
+        assert_eq!(da.len(), 2, "{mode}");
+        assert!(
+            da == db,
+            "{mode} {}: lowered values differ",
+            opts.weights.name()
+        );
+        for isa in bnfold::Isa::supported() {
+            let opts = opts.clone().with_kernel(KernelChoice::Force(isa));
+            let case = format!("{mode} {} {isa}", opts.weights.name());
+            let plans: Vec<_> = [&one, &three]
+                .iter()
+                .map(|p| p.install(|| model.compile(&opts)).unwrap())
+                .collect();
+            // The whole folded layers (from the one-thread lowering), packed at once.
+            let whole: Vec<DenseKernel> = a
+                .iter()
+                .filter_map(|s| match &s.op {
+                    Lowered::Dense(d) => Some(DenseKernel::with_weights(
+                        d.inputs,
+                        d.outputs,
+                        &d.weight,
+                        &d.bias,
+                        opts.kernel,
+                        opts.weights,
+                    )),
+                    _ => None,
+                })
+                .collect();
+            for plan in &plans {
+                let kernels: Vec<&DenseKernel> = plan.dense_kernels().collect();
+                assert_eq!(kernels.len(), whole.len(), "{case}");
+                for (i, (k, w)) in kernels.iter().zip(&whole).enumerate() {
+                    assert!(
+                        k.same_packing(w),
+                        "{case}: dense layer {i} packed differently"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// When several rows of a large layer fail (folded weights beyond f16's range at features 700 and
+/// 900 of 1100, in blocks folded on the pool), the error names the first, whatever the pool.
+#[test]
+fn a_large_layer_names_its_first_failing_row_on_every_pool() {
+    let (k, n) = (1024, 1100);
+    let mut w = bnfold::format::Writer::new(k);
+    w.add_dense("fc", DType::F32, n, k, &vec![1.0; k * n], None)
+        .unwrap();
+    let mut gamma = vec![1.0f32; n];
+    gamma[700] = 1e5;
+    gamma[900] = 1e5;
+    w.add_batch_norm(
+        "bn",
+        DType::F32,
+        0.0,
+        Some(&gamma),
+        None,
+        &vec![0.0; n],
+        &vec![1.0; n],
+    )
+    .unwrap();
+    let model = Model::from_bytes(&w.to_bytes().unwrap()).unwrap();
+    let opts = Options::folded().with_weights(DType::F16);
+    for threads in [1, 3] {
+        let e = pool(threads)
+            .install(|| model.compile(&opts))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("feature 700") && !e.contains("feature 900"),
+            "{threads} threads: {e}"
+        );
+    }
+}

@@ -86,11 +86,23 @@ pub struct LoweredStep {
 pub(crate) trait RowSink {
     /// Append the next output's weights (already rounded to the plan's weight type) and bias.
     fn push_row(&mut self, weights: &[f32], bias: f32);
+
+    /// Append the next `biases.len()` outputs: their weights `[biases.len(), inputs]` row-major
+    /// and their biases. By default, [`RowSink::push_row`] for each.
+    fn push_rows(&mut self, weights: &[f32], biases: &[f32]) {
+        let k = weights.len().checked_div(biases.len()).unwrap_or(0);
+        for (i, &b) in biases.iter().enumerate() {
+            self.push_row(&weights[i * k..(i + 1) * k], b);
+        }
+    }
 }
 
 impl RowSink for FoldedDense {
     fn push_row(&mut self, weights: &[f32], bias: f32) {
         FoldedDense::push_row(self, weights, bias);
+    }
+    fn push_rows(&mut self, weights: &[f32], biases: &[f32]) {
+        FoldedDense::push_rows(self, weights, biases);
     }
 }
 
@@ -142,6 +154,29 @@ impl Bounds {
     fn dense_row(row: &[f32], bias: f32, input: &[f64]) -> f64 {
         let rho = ((row.len() as f64 + 2.0) * f64::powi(2.0, -23)).exp();
         rho * (abs_dot(row, input) + f64::from(bias).abs())
+    }
+
+    /// [`Bounds::dense_row`] of each row of `rows` (`[biases.len(), input.len()]` row-major),
+    /// appended to `out` in order; on the current rayon pool from
+    /// [`crate::kernels::PARALLEL_MIN_MACS`] weights (below, rayon is not asked anything).
+    fn dense_rows(rows: &[f32], biases: &[f32], input: &[f64], out: &mut Vec<f64>) {
+        use rayon::prelude::*;
+        if input.is_empty() {
+            out.extend(biases.iter().map(|&b| Bounds::dense_row(&[], b, input)));
+            return;
+        }
+        if rows.len() < crate::kernels::PARALLEL_MIN_MACS {
+            let each = rows.chunks(input.len()).zip(biases);
+            out.extend(each.map(|(row, &b)| Bounds::dense_row(row, b, input)));
+            return;
+        }
+        let mut bounds = Vec::new();
+        rows.par_chunks(input.len())
+            .zip(biases)
+            .with_min_len(((1 << 16) / input.len()).max(1))
+            .map(|(row, &b)| Bounds::dense_row(row, b, input))
+            .collect_into_vec(&mut bounds);
+        out.extend(bounds);
     }
 
     /// Whether the dense layer with these output bounds ([`Bounds::dense_row`]) cannot overflow.
@@ -492,8 +527,8 @@ fn lower_folded<D: RowSink>(
                 let LayerView::Dense(dense) = model.layer_view(*index)? else {
                     unreachable!("Token::Dense is only made for dense layers");
                 };
-                // Each row goes to the sink as it is folded, its bound taken while it is in
-                // cache, its mapped weights let go a chunk of rows at a time.
+                // Each block of rows goes to the sink as it is folded, its bounds taken while it
+                // is in cache, its mapped weights let go a chunk of rows at a time.
                 let mut rows = Vec::with_capacity(dense.outputs);
                 let mut folded = begin(dense.inputs, dense.outputs);
                 let mut pages = RowPages::new(model, *index, &dense);
@@ -502,10 +537,10 @@ fn lower_folded<D: RowSink>(
                     pre.as_ref().map(|p| p.0),
                     post.as_ref().map(|p| p.0),
                     weights,
-                    &mut |o, row, bias| {
-                        rows.push(Bounds::dense_row(row, bias, &bounds.0));
-                        folded.push_row(row, bias);
-                        pages.read(o);
+                    &mut |first, block, biases| {
+                        Bounds::dense_rows(block, biases, &bounds.0, &mut rows);
+                        folded.push_rows(block, biases);
+                        pages.read(first + biases.len() - 1);
                     },
                 )
                 .map_err(|e| model.layer_err(*index, e))?;

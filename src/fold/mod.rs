@@ -125,8 +125,8 @@ pub fn fold_dense_to(
     weights: DType,
 ) -> Result<FoldedDense, LayerError> {
     let mut folded = FoldedDense::empty(dense.inputs, dense.outputs);
-    fold_dense_rows(dense, pre, post, weights, &mut |_, row, bias| {
-        folded.push_row(row, bias);
+    fold_dense_rows(dense, pre, post, weights, &mut |_, rows, biases| {
+        folded.push_rows(rows, biases);
     })?;
     Ok(folded)
 }
@@ -144,57 +144,138 @@ impl FoldedDense {
 
     /// Append the next output's weights and bias.
     pub(crate) fn push_row(&mut self, row: &[f32], bias: f32) {
-        debug_assert_eq!(row.len(), self.inputs, "row length");
-        self.weight.extend_from_slice(row);
-        self.bias.push(bias);
+        self.push_rows(row, &[bias]);
+    }
+
+    /// Append the next outputs' weights (`[biases.len(), inputs]` row-major) and biases.
+    pub(crate) fn push_rows(&mut self, rows: &[f32], biases: &[f32]) {
+        debug_assert_eq!(rows.len(), biases.len() * self.inputs, "rows' length");
+        self.weight.extend_from_slice(rows);
+        self.bias.extend_from_slice(biases);
     }
 }
 
-/// [`fold_dense_to`] one output row at a time: hands each folded row (its weights, rounded to
-/// `weights`, and its bias, exactly as [`fold_dense_to`] stores them) to `each_row` with its
-/// index, in order, and keeps none of them. A caller can pack each row as it comes (the plan's
-/// compile does), so that the f32 copy of a whole layer never exists, and bound its sums while it
-/// is in cache (`lower` does). On an error, the rows before the failing one have been handed out.
+/// [`fold_dense_to`] a block of output rows at a time: hands each block of folded rows (their
+/// weights, rounded to `weights`, `[rows, inputs]` row-major, and their biases, exactly as
+/// [`fold_dense_to`] stores them) to `each_block` with the index of its first row, in order, and
+/// keeps none of them. A caller can pack each block as it comes (the plan's compile does), so that
+/// the f32 copy of a whole layer never exists, and bound its sums while it is in cache (`lower`
+/// does).
+///
+/// A block is about 2 MiB of f32 weights and a multiple of 16 rows (whole panels of every kernel
+/// path) but the last; a block of [`crate::kernels::PARALLEL_MIN_MACS`] weights or more has its
+/// rows folded in parallel on the current rayon pool (smaller ones, so every layer of a small
+/// model, never ask rayon anything, as at inference). Each row is computed by the same code whatever thread runs it, so
+/// the values do not depend on the pool. On an error (the first failing row of the block is the
+/// one named), the blocks before have been handed out.
 pub(crate) fn fold_dense_rows(
     dense: &DenseView,
     pre: Option<&Affine>,
     post: Option<&Affine>,
     weights: DType,
-    each_row: &mut dyn FnMut(usize, &[f32], f32),
+    each_block: &mut BlockSink<'_>,
 ) -> Result<(), LayerError> {
+    use rayon::prelude::*;
     let inputs = dense.inputs;
-    let mut row = vec![0f64; inputs];
-    let mut out = vec![0f32; inputs];
-    for o in 0..dense.outputs {
-        let mut acc = dense.bias_f64(o);
-        dense.weight.read_f64(o * inputs, &mut row);
-        if let Some(pre) = pre {
-            for (i, r) in row.iter_mut().enumerate() {
-                acc += *r * pre.shift[i];
-                *r *= pre.scale[i];
-            }
+    let block = FOLD_BLOCK_BYTES
+        .div_ceil(inputs.max(1) * 4)
+        .next_multiple_of(16)
+        .min(dense.outputs);
+    // Rows per task: at least 64 Ki weights, so that a small layer stays on one thread.
+    let min_rows = ((1 << 16) / inputs.max(1)).max(1);
+    let mut w = vec![0f32; block * inputs];
+    let mut b = vec![0f32; block];
+    let mut first = 0;
+    while first < dense.outputs {
+        let n = block.min(dense.outputs - first);
+        let (w, b) = (&mut w[..n * inputs], &mut b[..n]);
+        let fold = |i: usize, row: &mut [f64], out: &mut [f32], bias: &mut f32| {
+            fold_row(dense, pre, post, weights, first + i, row, out).map(|v| *bias = v)
+        };
+        let failed = if inputs == 0 {
+            b.iter_mut()
+                .enumerate()
+                .find_map(|(i, bias)| fold(i, &mut [], &mut [], bias).err().map(|_| i))
+        } else if n * inputs < crate::kernels::PARALLEL_MIN_MACS {
+            let mut row = vec![0f64; inputs];
+            b.iter_mut()
+                .zip(w.chunks_mut(inputs))
+                .enumerate()
+                .find_map(|(i, (bias, out))| fold(i, &mut row, out, bias).err().map(|_| i))
+        } else {
+            b.par_iter_mut()
+                .zip(w.par_chunks_mut(inputs))
+                .enumerate()
+                .with_min_len(min_rows)
+                .map_init(
+                    || vec![0f64; inputs],
+                    |row, (i, (bias, out))| fold(i, row, out, bias).err().map(|_| i),
+                )
+                .flatten()
+                .min()
+        };
+        if let Some(i) = failed {
+            // Row `i` failed in the pass above; the same computation fails again here, on this
+            // thread, giving its error (the lowest failing row's, whatever the pool did).
+            let mut row = vec![0f64; inputs];
+            let mut out = vec![0f32; inputs];
+            return match fold_row(dense, pre, post, weights, first + i, &mut row, &mut out) {
+                Err(e) => Err(e),
+                Ok(_) => unreachable!("row {} folded twice with two outcomes", first + i),
+            };
         }
-        if let Some(post) = post {
-            let s = post.scale[o];
-            row.iter_mut().for_each(|r| *r *= s);
-            acc = acc * s + post.shift[o];
-        }
-        round_slice(weights, &row, &mut out);
-        // Counted rather than searched (`any` stops at the first hit, so it does not vectorise);
-        // rows are a few thousand values and an error is rare.
-        let overflows = row.iter().filter(|&&v| !(v as f32).is_finite()).count();
-        if !(acc as f32).is_finite() || overflows > 0 {
-            return Err(LayerError::FoldOverflow { feature: o });
-        }
-        if out.iter().filter(|v| !v.is_finite()).count() > 0 {
-            return Err(LayerError::WeightOutOfRange {
-                feature: o,
-                dtype: weights.name(),
-            });
-        }
-        each_row(o, &out, acc as f32);
+        each_block(first, w, b);
+        first += n;
     }
     Ok(())
+}
+
+/// What [`fold_dense_rows`] hands each block to: the index of its first row, its rows' weights
+/// (row-major) and their biases.
+pub(crate) type BlockSink<'a> = dyn FnMut(usize, &[f32], &[f32]) + 'a;
+
+/// Bytes of f32 weights per block of [`fold_dense_rows`]: as many weights as
+/// [`crate::kernels::PARALLEL_MIN_MACS`], so that a large layer's blocks go to the pool.
+const FOLD_BLOCK_BYTES: usize = 4 * crate::kernels::PARALLEL_MIN_MACS;
+
+/// Output row `o` of [`fold_dense_to`]: its weights, rounded to `weights`, into `out` (`row` is
+/// scratch of `inputs` values), and its bias as the result.
+fn fold_row(
+    dense: &DenseView,
+    pre: Option<&Affine>,
+    post: Option<&Affine>,
+    weights: DType,
+    o: usize,
+    row: &mut [f64],
+    out: &mut [f32],
+) -> Result<f32, LayerError> {
+    let mut acc = dense.bias_f64(o);
+    dense.weight.read_f64(o * dense.inputs, row);
+    if let Some(pre) = pre {
+        for (i, r) in row.iter_mut().enumerate() {
+            acc += *r * pre.shift[i];
+            *r *= pre.scale[i];
+        }
+    }
+    if let Some(post) = post {
+        let s = post.scale[o];
+        row.iter_mut().for_each(|r| *r *= s);
+        acc = acc * s + post.shift[o];
+    }
+    round_slice(weights, row, out);
+    // Counted rather than searched (`any` stops at the first hit, so it does not vectorise);
+    // rows are a few thousand values and an error is rare.
+    let overflows = row.iter().filter(|&&v| !(v as f32).is_finite()).count();
+    if !(acc as f32).is_finite() || overflows > 0 {
+        return Err(LayerError::FoldOverflow { feature: o });
+    }
+    if out.iter().filter(|v| !v.is_finite()).count() > 0 {
+        return Err(LayerError::WeightOutOfRange {
+            feature: o,
+            dtype: weights.name(),
+        });
+    }
+    Ok(acc as f32)
 }
 
 /// `v` rounded to the nearest number of `dtype` (ties to even), as an f32 (which holds every f16

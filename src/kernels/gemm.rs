@@ -62,6 +62,21 @@ pub(crate) fn unpacked_path(b: &Blocking, batch: usize, k: usize, n: usize) -> b
         || batch.saturating_mul(k) <= b.unpacked_max_inputs
 }
 
+/// Put one feature's weights `row` into lane `l` of `panel` (one panel of `lanes` lanes), depth by
+/// depth ([`WeightElem::index`]), converted to `W` a chunk at a time (f16 converts eight lanes per
+/// instruction) and then scattered.
+fn fill_lane<W: WeightElem>(panel: &mut [W], l: usize, lanes: usize, row: &[f32]) {
+    const CHUNK: usize = 512;
+    let mut staged = [W::zeroed(); CHUNK];
+    for (c, chunk) in row.chunks(CHUNK).enumerate() {
+        let staged = &mut staged[..chunk.len()];
+        W::from_f32_slice(chunk, staged);
+        for (i, &w) in staged.iter().enumerate() {
+            panel[W::index(c * CHUNK + i, l, lanes)] = w;
+        }
+    }
+}
+
 /// Memory of packed weights (elements `W`): large blocks are anonymous mappings advised to use
 /// transparent huge pages (on Linux), so that streaming many panels side by side does not walk a
 /// 4 KiB page table entry every 4 KiB of each stream; small ones are plain heap vectors.
@@ -196,18 +211,47 @@ impl<W: WeightElem> Packed<W> {
         let (lanes, stride) = (self.lanes, self.stride);
         let (p, l) = (o / lanes, o % lanes);
         let start = self.offset + p * stride;
-        let panel = &mut self.data.as_mut_slice()[start..start + stride];
-        // Converted a chunk at a time (f16 converts eight lanes per instruction), then scattered.
-        const CHUNK: usize = 512;
-        let mut staged = [W::zeroed(); CHUNK];
-        for (c, chunk) in row.chunks(CHUNK).enumerate() {
-            let staged = &mut staged[..chunk.len()];
-            W::from_f32_slice(chunk, staged);
-            for (i, &w) in staged.iter().enumerate() {
-                panel[W::index(c * CHUNK + i, l, lanes)] = w;
-            }
-        }
+        fill_lane(
+            &mut self.data.as_mut_slice()[start..start + stride],
+            l,
+            lanes,
+            row,
+        );
         self.bias[o] = bias;
+    }
+
+    /// [`Packed::set_row`] for features `first..first + biases.len()`, `rows` holding their
+    /// weights row-major. When `first` starts a panel and `rows` holds at least
+    /// [`super::PARALLEL_MIN_MACS`] weights, the panels are filled in parallel on the current
+    /// rayon pool (each task owns whole panels: disjoint slices); else row by row, without asking
+    /// rayon anything. The same bytes either way. Panics as `set_row` does.
+    pub(crate) fn set_rows(&mut self, first: usize, rows: &[f32], biases: &[f32]) {
+        use rayon::prelude::*;
+        let (k, lanes, stride, n) = (self.k, self.lanes, self.stride, biases.len());
+        assert!(
+            first + n <= self.n && rows.len() == n * k,
+            "rows {first}.. ({n}) of {} x {k}",
+            self.n
+        );
+        if k == 0 || !first.is_multiple_of(lanes) || rows.len() < super::PARALLEL_MIN_MACS {
+            for (i, &b) in biases.iter().enumerate() {
+                self.set_row(first + i, &rows[i * k..(i + 1) * k], b);
+            }
+            return;
+        }
+        // Panels `first / lanes ..` up to the one holding the last row: inside the panels, as
+        // `first + n <= self.n`.
+        let start = self.offset + first / lanes * stride;
+        let data = &mut self.data.as_mut_slice()[start..start + n.div_ceil(lanes) * stride];
+        data.par_chunks_mut(stride)
+            .zip(rows.par_chunks(lanes * k))
+            .with_min_len(((1 << 16) / (lanes * k)).max(1))
+            .for_each(|(panel, panel_rows)| {
+                for (l, row) in panel_rows.chunks(k).enumerate() {
+                    fill_lane(panel, l, lanes, row);
+                }
+            });
+        self.bias[first..first + n].copy_from_slice(biases);
     }
 
     /// The packed panels (padding included, without the alignment offset) and the padded bias,

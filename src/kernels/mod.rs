@@ -591,6 +591,33 @@ impl DenseBuilder {
         self.rows += 1;
     }
 
+    /// Add the next `biases.len()` output features: their weights (`[biases.len(), inputs]`
+    /// row-major) and biases. The same bytes as [`DenseBuilder::push_row`] for each; panel
+    /// layouts fill whole panels on the current rayon pool when the block starts at a panel.
+    ///
+    /// Panics if `weights` is not `biases.len() * inputs` long, or if that is more rows than are
+    /// left.
+    pub fn push_rows(&mut self, weights: &[f32], biases: &[f32]) {
+        let (k, o, n) = (&mut self.kernel, self.rows, biases.len());
+        assert!(
+            n <= k.outputs - o,
+            "{n} rows pushed with {} left",
+            k.outputs - o
+        );
+        assert_eq!(weights.len(), n * k.inputs, "rows' length");
+        match &mut k.weights {
+            Weights::F32(p) => p.set_rows(o, weights, biases),
+            Weights::F16(p) => p.set_rows(o, weights, biases),
+            Weights::Bf16(p) => p.set_rows(o, weights, biases),
+            Weights::Rows(r) => {
+                for (i, &b) in biases.iter().enumerate() {
+                    r.push_row(&weights[i * k.inputs..(i + 1) * k.inputs], b);
+                }
+            }
+        }
+        self.rows += n;
+    }
+
     /// Rows pushed so far.
     pub fn rows_pushed(&self) -> usize {
         self.rows
