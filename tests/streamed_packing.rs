@@ -292,8 +292,7 @@ fn lowered_values_are_unchanged() {
 
 #[test]
 fn streamed_plans_pack_the_same_bits_as_whole_layers() {
-    use bnfold::fold::Lowered;
-    use bnfold::kernels::{DenseKernel, KernelChoice};
+    use bnfold::kernels::KernelChoice;
     let x = bnfold::synth::input(3, 24, 2.0, 3);
     let mut dense_layers = 0;
     for (name, bytes) in models() {
@@ -312,29 +311,7 @@ fn streamed_plans_pack_the_same_bits_as_whole_layers() {
                     (a, b) => panic!("{case}: {:?} vs {:?}", a.err(), b.err()),
                 };
                 // The route before: the whole folded layer, then packed at once.
-                let whole: Vec<DenseKernel> = steps
-                    .iter()
-                    .filter_map(|s| match &s.op {
-                        Lowered::Dense(d) => Some(DenseKernel::with_weights(
-                            d.inputs,
-                            d.outputs,
-                            &d.weight,
-                            &d.bias,
-                            opts.kernel,
-                            opts.weights,
-                        )),
-                        _ => None,
-                    })
-                    .collect();
-                let streamed: Vec<&DenseKernel> = plan.dense_kernels().collect();
-                assert_eq!(streamed.len(), whole.len(), "{case}");
-                for (i, (s, w)) in streamed.iter().zip(&whole).enumerate() {
-                    assert!(
-                        s.same_packing(w),
-                        "{case}: dense layer {i} packed differently"
-                    );
-                }
-                dense_layers += whole.len();
+                dense_layers += assert_packed_as_whole_layers(&plan, &steps, &opts, &case);
                 // And the plan runs: outputs of the right length (its values are the
                 // kernels' and the lowering's, compared above and in `lowered_values_are_unchanged`).
                 let mut session = plan.session();
@@ -389,6 +366,42 @@ fn a_kernel_built_row_by_row_packs_like_one_built_at_once() {
     }
 }
 
+/// Assert that every dense kernel of `plan` holds the packed bytes of `DenseKernel::with_weights`
+/// over the whole folded layer of `steps` (the lowering's values, packed at once); the number of
+/// dense layers compared.
+fn assert_packed_as_whole_layers(
+    plan: &bnfold::Plan,
+    steps: &[LoweredStep],
+    opts: &Options,
+    case: &str,
+) -> usize {
+    use bnfold::fold::Lowered;
+    use bnfold::kernels::DenseKernel;
+    let whole: Vec<DenseKernel> = steps
+        .iter()
+        .filter_map(|s| match &s.op {
+            Lowered::Dense(d) => Some(DenseKernel::with_weights(
+                d.inputs,
+                d.outputs,
+                &d.weight,
+                &d.bias,
+                opts.kernel,
+                opts.weights,
+            )),
+            _ => None,
+        })
+        .collect();
+    let streamed: Vec<&DenseKernel> = plan.dense_kernels().collect();
+    assert_eq!(streamed.len(), whole.len(), "{case}");
+    for (i, (s, w)) in streamed.iter().zip(&whole).enumerate() {
+        assert!(
+            s.same_packing(w),
+            "{case}: dense layer {i} packed differently"
+        );
+    }
+    whole.len()
+}
+
 /// A pool of `threads` threads.
 fn pool(threads: usize) -> rayon::ThreadPool {
     rayon::ThreadPoolBuilder::new()
@@ -404,7 +417,7 @@ fn pool(threads: usize) -> rayon::ThreadPool {
 #[test]
 fn large_layers_fold_and_pack_the_same_bits_on_every_pool() {
     use bnfold::fold::Lowered;
-    use bnfold::kernels::{DenseKernel, KernelChoice, PARALLEL_MIN_MACS};
+    use bnfold::kernels::{KernelChoice, PARALLEL_MIN_MACS};
     let layers = [
         L::Dense(1100),
         L::Bn,
@@ -454,30 +467,9 @@ fn large_layers_fold_and_pack_the_same_bits_on_every_pool() {
                 .iter()
                 .map(|p| p.install(|| model.compile(&opts)).unwrap())
                 .collect();
-            // The whole folded layers (from the one-thread lowering), packed at once.
-            let whole: Vec<DenseKernel> = a
-                .iter()
-                .filter_map(|s| match &s.op {
-                    Lowered::Dense(d) => Some(DenseKernel::with_weights(
-                        d.inputs,
-                        d.outputs,
-                        &d.weight,
-                        &d.bias,
-                        opts.kernel,
-                        opts.weights,
-                    )),
-                    _ => None,
-                })
-                .collect();
+            // Against the whole folded layers of the one-thread lowering, packed at once.
             for plan in &plans {
-                let kernels: Vec<&DenseKernel> = plan.dense_kernels().collect();
-                assert_eq!(kernels.len(), whole.len(), "{case}");
-                for (i, (k, w)) in kernels.iter().zip(&whole).enumerate() {
-                    assert!(
-                        k.same_packing(w),
-                        "{case}: dense layer {i} packed differently"
-                    );
-                }
+                assert_packed_as_whole_layers(plan, &a, &opts, &case);
             }
         }
     }
