@@ -11,7 +11,10 @@
 //! - `streamed_plans_pack_the_same_bits_as_whole_layers`: every dense kernel of a compiled plan
 //!   holds the same packed bytes as `DenseKernel::with_weights` over the lowering's whole
 //!   `FoldedDense`, on every supported kernel path (and `a_kernel_built_row_by_row_packs_like_one_built_at_once`
-//!   checks the row-by-row builder alone on a spread of shapes).
+//!   checks the row-by-row builder alone on a spread of shapes);
+//! - on layers large enough that their blocks of rows fold and pack on the rayon pool:
+//!   `large_layers_fold_and_pack_the_same_bits_on_every_pool` (pools of 1 and 3 threads) and
+//!   `a_large_layer_names_its_first_failing_row_on_every_pool`.
 
 mod common;
 
