@@ -364,6 +364,18 @@ fn a_kernel_built_row_by_row_packs_like_one_built_at_once() {
                     weights.name()
                 );
                 assert_eq!(built.weight_type(), whole.weight_type());
+                // In blocks of 5 rows (most starting inside a panel), then all rows at once.
+                for block in [5, n] {
+                    let mut built = DenseKernel::builder(k, n, choice, weights);
+                    for (rows, biases) in w.chunks(block * k).zip(b.chunks(block)) {
+                        built.push_rows(rows, biases);
+                    }
+                    assert!(
+                        built.finish().same_packing(&whole),
+                        "{isa} {} {k}x{n}, blocks of {block}",
+                        weights.name()
+                    );
+                }
             }
         }
     }

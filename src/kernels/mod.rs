@@ -593,7 +593,8 @@ impl DenseBuilder {
 
     /// Add the next `biases.len()` output features: their weights (`[biases.len(), inputs]`
     /// row-major) and biases. The same bytes as [`DenseBuilder::push_row`] for each; panel
-    /// layouts fill whole panels on the current rayon pool when the block starts at a panel.
+    /// layouts fill whole panels on the current rayon pool when the block starts at a panel and
+    /// holds at least [`PARALLEL_MIN_MACS`] weights (smaller blocks never ask rayon anything).
     ///
     /// Panics if `weights` is not `biases.len() * inputs` long, or if that is more rows than are
     /// left.
