@@ -192,16 +192,13 @@ pub(crate) fn fold_dense_rows(
         let fold = |i: usize, row: &mut [f64], out: &mut [f32], bias: &mut f32| {
             fold_row(dense, pre, post, weights, first + i, row, out).map(|v| *bias = v)
         };
-        let failed = if inputs == 0 {
-            b.iter_mut()
-                .enumerate()
-                .find_map(|(i, bias)| fold(i, &mut [], &mut [], bias).err().map(|_| i))
-        } else if n * inputs < crate::kernels::PARALLEL_MIN_MACS {
+        // The lowest failing row's error, whatever the pool did.
+        let failed = if n * inputs < crate::kernels::PARALLEL_MIN_MACS {
             let mut row = vec![0f64; inputs];
-            b.iter_mut()
-                .zip(w.chunks_mut(inputs))
-                .enumerate()
-                .find_map(|(i, (bias, out))| fold(i, &mut row, out, bias).err().map(|_| i))
+            (0..n).find_map(|i| {
+                let out = &mut w[i * inputs..(i + 1) * inputs];
+                fold(i, &mut row, out, &mut b[i]).err().map(|e| (i, e))
+            })
         } else {
             b.par_iter_mut()
                 .zip(w.par_chunks_mut(inputs))
@@ -209,20 +206,13 @@ pub(crate) fn fold_dense_rows(
                 .with_min_len(min_rows)
                 .map_init(
                     || vec![0f64; inputs],
-                    |row, (i, (bias, out))| fold(i, row, out, bias).err().map(|_| i),
+                    |row, (i, (bias, out))| fold(i, row, out, bias).err().map(|e| (i, e)),
                 )
                 .flatten()
-                .min()
+                .min_by_key(|&(i, _)| i)
         };
-        if let Some(i) = failed {
-            // Row `i` failed in the pass above; the same computation fails again here, on this
-            // thread, giving its error (the lowest failing row's, whatever the pool did).
-            let mut row = vec![0f64; inputs];
-            let mut out = vec![0f32; inputs];
-            return match fold_row(dense, pre, post, weights, first + i, &mut row, &mut out) {
-                Err(e) => Err(e),
-                Ok(_) => unreachable!("row {} folded twice with two outcomes", first + i),
-            };
+        if let Some((_, e)) = failed {
+            return Err(e);
         }
         each_block(first, w, b);
         first += n;
