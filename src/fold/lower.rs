@@ -443,22 +443,21 @@ fn unfolded_dense<D: RowSink>(
     let mut dense = begin(d.inputs, d.outputs);
     let mut rows = Vec::with_capacity(if input.is_some() { d.outputs } else { 0 });
     let mut pages = RowPages::new(model, index, d);
+    let mut stored = vec![0f64; d.inputs];
     let mut row = vec![0f32; d.inputs];
     for o in 0..d.outputs {
-        d.weight.read_f32(o * d.inputs, &mut row);
-        if weights != DType::F32 {
-            for w in row.iter_mut() {
-                *w = super::round_to(weights, f64::from(*w));
-                if !w.is_finite() {
-                    return Err(model.layer_err(
-                        index,
-                        LayerError::WeightOutOfRange {
-                            feature: o,
-                            dtype: weights.name(),
-                        },
-                    ));
-                }
-            }
+        // The stored weights (exact in f64), rounded to the plan's type as the folded path
+        // rounds its rows; f32 keeps them as stored.
+        d.weight.read_f64(o * d.inputs, &mut stored);
+        super::round_slice(weights, &stored, &mut row);
+        if row.iter().any(|w| !w.is_finite()) {
+            return Err(model.layer_err(
+                index,
+                LayerError::WeightOutOfRange {
+                    feature: o,
+                    dtype: weights.name(),
+                },
+            ));
         }
         // Exact: the stored bias widened to f64 and back.
         let bias = d.bias_f64(o) as f32;
