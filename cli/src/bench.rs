@@ -81,10 +81,11 @@ fn run_load(args: &BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             mb(r.peak_rss_bytes)
         );
     }
+    // The p50 of `bench`'s latencies, over the rounds.
     let median = |f: fn(&bnfold_cli::measure::LoadMeasurement) -> f64| {
         let mut v: Vec<f64> = rounds.iter().map(f).collect();
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        bnfold_cli::measure::percentile(&v, 50.0)
     };
     // `rounds` holds at least one measurement: --rounds is at least 1.
     let first = &rounds[0];

@@ -100,7 +100,7 @@ fn mode_name(m: Mode) -> &'static str {
 }
 
 /// The `p`-th percentile (0..=100) of sorted values, nearest rank.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
