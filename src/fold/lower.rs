@@ -173,7 +173,7 @@ impl Bounds {
         let mut bounds = Vec::new();
         rows.par_chunks(input.len())
             .zip(biases)
-            .with_min_len(((1 << 16) / input.len()).max(1))
+            .with_min_len((crate::kernels::COMPILE_TASK_WEIGHTS / input.len()).max(1))
             .map(|(row, &b)| Bounds::dense_row(row, b, input))
             .collect_into_vec(&mut bounds);
         out.extend(bounds);

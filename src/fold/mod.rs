@@ -181,8 +181,7 @@ pub(crate) fn fold_dense_rows(
         .div_ceil(inputs.max(1) * 4)
         .next_multiple_of(16)
         .min(dense.outputs);
-    // Rows per task: at least 64 Ki weights, so that a small layer stays on one thread.
-    let min_rows = ((1 << 16) / inputs.max(1)).max(1);
+    let min_rows = (crate::kernels::COMPILE_TASK_WEIGHTS / inputs.max(1)).max(1);
     let mut w = vec![0f32; block * inputs];
     let mut b = vec![0f32; block];
     let mut first = 0;

@@ -245,7 +245,7 @@ impl<W: WeightElem> Packed<W> {
         let data = &mut self.data.as_mut_slice()[start..start + n.div_ceil(lanes) * stride];
         data.par_chunks_mut(stride)
             .zip(rows.par_chunks(lanes * k))
-            .with_min_len(((1 << 16) / (lanes * k)).max(1))
+            .with_min_len((super::COMPILE_TASK_WEIGHTS / (lanes * k)).max(1))
             .for_each(|(panel, panel_rows)| {
                 for (l, row) in panel_rows.chunks(k).enumerate() {
                     fill_lane(panel, l, lanes, row);

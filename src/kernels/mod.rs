@@ -154,6 +154,11 @@ pub fn blocking_for(isa: Isa, weights: DType, caches: &Caches) -> Blocking {
 /// microseconds, more than a small layer takes.
 pub const PARALLEL_MIN_MACS: usize = 1 << 19;
 
+/// Weights per task, at least, where compiling a plan splits a block of rows over the pool
+/// (folding, bounding and packing a large layer): a block of [`PARALLEL_MIN_MACS`] weights
+/// goes out in at most eight tasks.
+pub(crate) const COMPILE_TASK_WEIGHTS: usize = 1 << 16;
+
 /// How many threads work of `macs` multiply-adds is split across: 1 below [`PARALLEL_MIN_MACS`]
 /// (decided before asking rayon anything, so that small work never starts or touches a pool),
 /// else the current rayon pool's thread count.
