@@ -170,13 +170,13 @@ impl Bounds {
             out.extend(each.map(|(row, &b)| Bounds::dense_row(row, b, input)));
             return;
         }
-        let mut bounds = Vec::new();
-        rows.par_chunks(input.len())
-            .zip(biases)
-            .with_min_len((crate::kernels::COMPILE_TASK_WEIGHTS / input.len()).max(1))
-            .map(|(row, &b)| Bounds::dense_row(row, b, input))
-            .collect_into_vec(&mut bounds);
-        out.extend(bounds);
+        // In order: an indexed iterator extends a Vec in its own order.
+        out.par_extend(
+            rows.par_chunks(input.len())
+                .zip(biases)
+                .with_min_len((crate::kernels::COMPILE_TASK_WEIGHTS / input.len()).max(1))
+                .map(|(row, &b)| Bounds::dense_row(row, b, input)),
+        );
     }
 
     /// Whether the dense layer with these output bounds ([`Bounds::dense_row`]) cannot overflow.
